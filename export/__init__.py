@@ -1,0 +1,40 @@
+"""Export LGLD-Net checkpoints to simplified, verified, self-describing ONNX.
+
+Importing ``lgld.export`` itself needs neither torch nor onnx: the public names below are loaded
+on first use, so torch-free tools (e.g. the benchmark on a Pi) can live in this package too.
+
+* :func:`export_checkpoint` / :func:`write_onnx` / :func:`export_model` (``onnx_export``)
+* :class:`ExportLGLDNet` and the per-block rewrites (``rewrites``)
+* :func:`verify_onnx` (``verify``), :func:`quantize_int8` (``quantize``)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+class ExportError(RuntimeError):
+    """An export step failed; the message is one line and nothing was written."""
+
+
+_LAZY = {
+    "ExportReport": "onnx_export",
+    "export_checkpoint": "onnx_export",
+    "export_model": "onnx_export",
+    "write_onnx": "onnx_export",
+    "DEFAULT_OPSET": "onnx_export",
+    "ExportLGLDNet": "rewrites",
+    "VerifyReport": "verify",
+    "verify_onnx": "verify",
+    "Int8Report": "quantize",
+    "quantize_int8": "quantize",
+}
+
+__all__ = ["ExportError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

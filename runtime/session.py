@@ -1,0 +1,105 @@
+"""The ONNX Runtime session that every consumer (runtime, lgld-eval, export checks, bench) uses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from lgld.runtime.modelinfo import ModelInfo, ModelInfoError
+from lgld.runtime.preprocess import preprocess_batch
+
+
+class ModelLoadError(ValueError):
+    """The model file is missing, not ONNX, not an lgld model, or inconsistent."""
+
+
+def default_threads() -> int:
+    """Leave one core for capture and encoding (at least one thread)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options tuned for a small ARM board: fixed threads, no spinning, full graph optimization."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 for stability, returned as float32."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class OnnxClassifier:
+    """An lgld ONNX model plus its self-description (classes, preprocessing)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"model not found: {self.path}")
+        self.threads = threads or default_threads()
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path),
+                sess_options=session_options(self.threads),
+                providers=list(providers),
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(f"cannot load ONNX model {self.path}: {first[:200]}") from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        try:
+            self.info = ModelInfo.from_metadata(props, source=str(self.path))
+        except ModelInfoError as exc:
+            raise ModelLoadError(str(exc)) from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.output_name = self.session.get_outputs()[0].name
+        shape = list(inp.shape)
+        size = self.info.input_size
+        if len(shape) != 4 or shape[2:] != [size, size]:
+            raise ModelLoadError(
+                f"{self.path}: input shape {shape} does not match metadata input size {size}"
+            )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        out_dim = self.session.get_outputs()[0].shape[-1]
+        if isinstance(out_dim, int) and out_dim != len(self.info.classes):
+            raise ModelLoadError(
+                f"{self.path}: {out_dim} outputs but {len(self.info.classes)} class names"
+            )
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run preprocessed (N, 3, S, S) float32 inputs; returns (N, classes) logits."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.fixed_batch is not None and batch.shape[0] != self.fixed_batch:
+            step = self.fixed_batch
+            return np.concatenate(
+                [self.logits(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
+            )
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def probabilities(self, images_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """Preprocess BGR uint8 images with the model's own spec and return class probabilities."""
+        return softmax(self.logits(preprocess_batch(images_bgr, self.info.preprocess)))

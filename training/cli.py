@@ -1,0 +1,132 @@
+"""``lgld-train``: train LGLD-Net on a folder of labelled images (and ``lgld-eval``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from lgld.training.data import LAYOUTS, DataError, discover, load_split, make_split
+from lgld.training.recipes import get_recipe
+
+PROG = "lgld-train"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (``prog: error: ...``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].strip("`"))
+    p.add_argument("--data", required=True, help="data folder (ALL, Raabin-WBC or ImageFolder)")
+    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size (32)")
+    p.add_argument("--recipe", choices=("default", "paper"), default="default")
+    p.add_argument("--variant", choices=("full", "lfa_gce", "lfa", "gce"), default="full")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="0.1 from one folder (80:10:10); 0.2 with a separate test folder")
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--limit-per-class", type=int, help="use at most N images per class")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workers", type=int, default=1, help="data-loader worker processes")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--name", default="", help="data-set name for the model card/metadata")
+    return p
+
+
+def _limit(found, n: int | None):
+    if not n:
+        return found
+    kept, counts = [], {}
+    for it in found.pool:
+        if counts.get(it.label, 0) < n:
+            kept.append(it)
+            counts[it.label] = counts.get(it.label, 0) + 1
+    found.pool = kept
+    return found
+
+
+def run_training(args: argparse.Namespace) -> int:
+    from lgld.models.checkpoint import CheckpointError
+    from lgld.training.loop import TrainConfig, Trainer
+    from lgld.training.report import final_report
+
+    out = Path(args.out)
+    recipe = get_recipe(args.recipe, args.epochs, args.batch_size)
+    if recipe.epochs < 1 or recipe.batch_size < 1:
+        raise DataError("--epochs and --batch-size must be >= 1")
+    if args.input_size < 32 or args.input_size % 16:
+        raise DataError("--input-size must be a multiple of 16, >= 32")
+    cfg = TrainConfig(
+        data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
+        variant=args.variant, seed=args.seed, device=args.device, workers=args.workers,
+        deterministic=args.deterministic, dataset_name=args.name,
+    )
+    split_path = out / "split.json"
+    if args.resume:
+        if not (out / "last.pt").is_file():
+            raise DataError(f"nothing to resume: {out / 'last.pt'} does not exist")
+        split = load_split(split_path)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise DataError(f"{out} already holds a run; use --resume or another --out")
+        found = _limit(discover(args.data, args.layout), args.limit_per_class)
+        val = args.val_fraction if args.val_fraction is not None else (
+            0.2 if found.test else 0.1)
+        split = make_split(found, val, args.test_fraction, args.seed)
+        out.mkdir(parents=True, exist_ok=True)
+        split.save(split_path)
+        counts = ", ".join(f"{k} {len(v)}" for k, v in split.parts.items())
+        print(f"{PROG}: {found.layout} layout, classes {split.classes}; split {counts}; "
+              f"{split.duplicates} byte-identical duplicate(s) kept within one split",
+              file=sys.stderr)
+    try:
+        trainer = Trainer(cfg, split, resume=args.resume)
+    except (CheckpointError, DataError) as exc:
+        if not args.resume:  # e.g. a corrupt image: leave --out reusable for the next try
+            split_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise DataError(str(exc)) from None
+    print(f"{PROG}: {trainer.model_summary()} on {trainer.device}, recipe {recipe.name} "
+          f"({recipe.epochs} epochs)", file=sys.stderr)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; {out / 'last.pt'} holds the last completed epoch "
+              f"(continue with --resume)", file=sys.stderr)
+        return 130
+    if trainer.main:
+        metrics = final_report(trainer)
+        print(json.dumps({k: {m: round(v[m], 4) for m in ("accuracy", "macro_f1")}
+                          for k, v in metrics.items()}))
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run_training(args)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    from lgld.training.evaluate import main
+
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -1,0 +1,102 @@
+"""Images decoded once and kept in memory, resized per training stage with the shared
+preprocessing, served to a DataLoader with explicitly seeded augmentation."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from lgld.runtime.preprocess import ImageError, PreprocessSpec, normalize, read_image, resize_rgb
+from lgld.training.augment import augment
+from lgld.training.data import DataError, Item
+
+
+class ImageCache:
+    """Decoded BGR images of a split, plus resized copies per input size."""
+
+    def __init__(self, root: Path, items: Sequence[Item], classes: Sequence[str]) -> None:
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({it.label for it in items} - set(index))
+        if unknown:
+            raise DataError(f"classes {unknown} are not among the model's classes {list(classes)}")
+        self.items = list(items)
+        self.labels = np.array([index[it.label] for it in items], dtype=np.int64)
+        self.originals: list[np.ndarray] = []
+        for it in self.items:
+            try:
+                self.originals.append(read_image(root / it.path))
+            except ImageError as exc:
+                raise DataError(str(exc)) from None
+        self._resized: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def resized(self, spec: PreprocessSpec) -> np.ndarray:
+        """All images as one (N, S, S, 3) uint8 array in the model's colour order."""
+        if spec.input_size not in self._resized:
+            self._resized[spec.input_size] = np.stack(
+                [resize_rgb(im, spec) for im in self.originals]
+            )
+        return self._resized[spec.input_size]
+
+
+class SeededSampler(Sampler):
+    """Yields (index, augmentation seed) pairs: a fresh permutation per epoch, sharded by rank."""
+
+    def __init__(
+        self, n: int, seed: int, shuffle: bool, rank: int = 0, world: int = 1, pad: bool = False
+    ) -> None:
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.pad = pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.pad and self.world > 1 and len(order) % self.world:
+            order += order[: self.world - len(order) % self.world]
+        return order[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        base = (self.seed * 7_919 + self.epoch) * 1_000_003
+        for pos, idx in enumerate(self._order()):
+            yield idx, base + pos * self.world + self.rank
+
+    def __len__(self) -> int:
+        return len(self._order())
+
+
+class CachedDataset(Dataset):
+    """Serves (CHW float32 tensor, label) from an ImageCache at one input size."""
+
+    def __init__(self, cache: ImageCache, spec: PreprocessSpec, train: bool) -> None:
+        self.images = cache.resized(spec)
+        self.labels = cache.labels
+        self.spec = spec
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        idx, seed = key
+        image = self.images[idx]
+        if self.train:
+            image = augment(image, seed)
+        return torch.from_numpy(normalize(image, self.spec)), int(self.labels[idx])
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -1,0 +1,58 @@
+"""Training recipes: the paper's schedule and lgld's CPU-friendly default."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimiser, schedule, regularisation and input-size schedule of a training run."""
+
+    name: str
+    epochs: int
+    batch_size: int = 32
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # cosine (with linear warm-up) | step
+    warmup_epochs: float = 1.0
+    step_size: int = 5
+    gamma: float = 0.5
+    label_smoothing: float = 0.1
+    augment: bool = True
+    # Progressive resizing: train the first `small_fraction` of epochs at
+    # `small_factor` x the final input size (rounded to a multiple of 16), then at full size.
+    small_fraction: float = 0.5
+    small_factor: float = 0.75
+
+    def size_at(self, epoch: int, final_size: int) -> int:
+        """Input size for a 0-based epoch."""
+        if self.small_fraction <= 0 or epoch >= round(self.epochs * self.small_fraction):
+            return final_size
+        return max(32, int(round(final_size * self.small_factor / 16)) * 16)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def get_recipe(name: str, epochs: int | None = None, batch_size: int | None = None) -> Recipe:
+    """``paper``: Adam lr 1e-2, StepLR(5, 0.5), 50 epochs, batch 32, no augmentation.
+    ``default``: AdamW + warm-up/cosine, label smoothing, smear-aware augmentation and
+    progressive resizing, 12 epochs (lr 3e-3)."""
+    if name == "paper":
+        r = Recipe(
+            name="paper", epochs=50, optimizer="adam", lr=1e-2, weight_decay=0.0,
+            schedule="step", warmup_epochs=0.0, label_smoothing=0.0, augment=False,
+            small_fraction=0.0,
+        )
+    elif name == "default":
+        r = Recipe(name="default", epochs=12)
+    else:
+        raise ValueError(f"unknown recipe {name!r}; choose 'default' or 'paper'")
+    changes = {}
+    if epochs is not None:
+        changes["epochs"] = epochs
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    return Recipe(**{**asdict(r), **changes}) if changes else r

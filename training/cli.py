@@ -7,8 +7,16 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from lgld.training.data import LAYOUTS, DataError, discover, load_split, make_split
+from lgld.training.data import (
+    LAYOUTS,
+    DataError,
+    discover,
+    load_split,
+    make_split,
+    verify_items,
+)
 from lgld.training.recipes import get_recipe
 
 PROG = "lgld-train"
@@ -17,12 +25,12 @@ PROG = "lgld-train"
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (``prog: error: ...``), exit code 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].strip("`"))
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--data", required=True, help="data folder (ALL, Raabin-WBC or ImageFolder)")
     p.add_argument("--out", required=True, help="run folder (created)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
@@ -40,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="data-loader worker processes")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--init", default="", help="start from this checkpoint's weights (fine-tune)")
+    p.add_argument("--split-file", help="reuse another run's split.json (e.g. when fine-tuning)")
     p.add_argument("--name", default="", help="data-set name for the model card/metadata")
     return p
 
@@ -70,7 +80,7 @@ def run_training(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
         variant=args.variant, seed=args.seed, device=args.device, workers=args.workers,
-        deterministic=args.deterministic, dataset_name=args.name,
+        deterministic=args.deterministic, dataset_name=args.name, init=args.init,
     )
     split_path = out / "split.json"
     if args.resume:
@@ -80,14 +90,19 @@ def run_training(args: argparse.Namespace) -> int:
     else:
         if out.exists() and any(out.iterdir()):
             raise DataError(f"{out} already holds a run; use --resume or another --out")
-        found = _limit(discover(args.data, args.layout), args.limit_per_class)
-        val = args.val_fraction if args.val_fraction is not None else (
-            0.2 if found.test else 0.1)
-        split = make_split(found, val, args.test_fraction, args.seed)
+        if args.split_file:
+            split = load_split(args.split_file, root=args.data)
+            for items in split.parts.values():
+                verify_items(split.root, items)
+        else:
+            found = _limit(discover(args.data, args.layout), args.limit_per_class)
+            val = args.val_fraction if args.val_fraction is not None else (
+                0.2 if found.test else 0.1)
+            split = make_split(found, val, args.test_fraction, args.seed)
         out.mkdir(parents=True, exist_ok=True)
         split.save(split_path)
         counts = ", ".join(f"{k} {len(v)}" for k, v in split.parts.items())
-        print(f"{PROG}: {found.layout} layout, classes {split.classes}; split {counts}; "
+        print(f"{PROG}: {split.layout} layout, classes {split.classes}; split {counts}; "
               f"{split.duplicates} byte-identical duplicate(s) kept within one split",
               file=sys.stderr)
     try:

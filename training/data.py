@@ -238,19 +238,22 @@ def load_split(path: str | os.PathLike, root: str | os.PathLike | None = None) -
         raise DataError(f"cannot read split file {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != SPLIT_FORMAT:
         raise DataError(f"{path} is not an lgld split file")
-    parts = {
-        k: [Item(d["path"], d["label"], d["sha256"]) for d in v]
-        for k, v in data["splits"].items()
-    }
-    return Split(
-        root=Path(root) if root is not None else Path(data["root"]),
-        layout=data["layout"],
-        classes=list(data["classes"]),
-        seed=int(data["seed"]),
-        parts=parts,
-        duplicates=int(data.get("duplicates_found", 0)),
-        fractions=data.get("fractions", {}),
-    )
+    try:
+        parts = {
+            k: [Item(d["path"], d["label"], d["sha256"]) for d in v]
+            for k, v in data["splits"].items()
+        }
+        return Split(
+            root=Path(root) if root is not None else Path(data["root"]),
+            layout=data["layout"],
+            classes=list(data["classes"]),
+            seed=int(data["seed"]),
+            parts=parts,
+            duplicates=int(data.get("duplicates_found", 0)),
+            fractions=data.get("fractions", {}),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path} is a damaged split file ({type(exc).__name__}: {exc})") from None
 
 
 def verify_items(root: Path, items: list[Item]) -> None:

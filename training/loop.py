@@ -40,6 +40,7 @@ class TrainConfig:
     workers: int = 1
     deterministic: bool = False
     dataset_name: str = ""
+    init: str = ""  # start from these weights (fine-tuning), with a fresh schedule
 
     def identity(self) -> dict:
         """The fields that define a run (a resumed run must match them)."""
@@ -49,6 +50,7 @@ class TrainConfig:
             "input_size": self.input_size,
             "variant": self.variant,
             "seed": self.seed,
+            "init": str(Path(self.init).resolve()) if self.init else "",
         }
 
 
@@ -139,6 +141,13 @@ class Trainer:
             self.opt = torch.optim.AdamW(groups, lr=r.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         self.start_epoch, self.best_f1, self.history = 0, -1.0, []
+        if cfg.init and not resume:
+            init = load_checkpoint(cfg.init, expect_classes=self.classes)
+            if init.config.variant != cfg.variant:
+                raise DataError(f"--init {cfg.init} is variant {init.config.variant!r}, "
+                                f"this run trains {cfg.variant!r}")
+            load_weights(self.model, init.state_dict)
+            log(f"initialised from {cfg.init}")
         if resume:
             self._resume()
         self.ddp_model = self.model

@@ -1,0 +1,260 @@
+"""lgld-train: end to end on a toy subset, splits, exact resume, metrics, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lgld.training import loop
+from lgld.training.cli import train_main
+from lgld.training.data import DataError, discover, make_split
+from lgld.training.evaluate import summarise
+from lgld.training.metrics import compute_metrics, confusion_matrix, format_report
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not (DATA / "ALL").is_dir(), reason="shared data not found")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models are fastest on one thread (and CI has two busy cores)."""
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(det)
+
+
+def run_cli(fn: Callable[[list[str]], int], argv: list[str]) -> int:
+    """Exit code of a console entry point, whether it returns or raises SystemExit."""
+    try:
+        return fn(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def toy_folder(dest: Path, classes: list[str], n: int) -> Path:
+    """Copy the first ``n`` images of some ALL classes into an ImageFolder."""
+    for c in classes:
+        (dest / c).mkdir(parents=True)
+        for f in sorted((DATA / "ALL" / c).glob("*.jpg"))[:n]:
+            shutil.copy(f, dest / c / f.name)
+    return dest
+
+
+def synthetic_folder(dest: Path, per_class: int = 10, classes: tuple = ("a", "b")) -> Path:
+    """Small random PNGs, every file unique."""
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (dest / c).mkdir(parents=True)
+        for i in range(per_class):
+            cv2.imwrite(str(dest / c / f"{i:02d}.png"), rng.integers(0, 256, (20, 20, 3), np.uint8))
+    return dest
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@needs_data
+def test_training_end_to_end_beats_chance(tmp_path: Path) -> None:
+    # Early vs Pro fields differ clearly in colour and texture: learnable at 32 px in seconds.
+    data = toy_folder(tmp_path / "data", ["Early", "Pro"], 32)
+    out = tmp_path / "run"
+    code = run_cli(train_main, [
+        "--data", str(data), "--out", str(out), "--input-size", "32", "--epochs", "8",
+        "--batch-size", "8", "--recipe", "default", "--workers", "0", "--device", "cpu",
+        "--val-fraction", "0.25",
+    ])
+    assert code == 0
+    for name in ("split.json", "log.jsonl", "last.pt", "best.pt", "metrics.json",
+                 "curves.png", "confusion_matrix.png", "report.txt"):
+        assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert sum(split["counts"].values()) == 64 and set(split["counts"]) == {"train", "val", "test"}
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == list(range(1, 9))
+    assert min(e["train_loss"] for e in log[-3:]) < log[0]["train_loss"]
+    assert log[-1]["val_accuracy"] >= 0.8  # chance is 0.5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"] == "best.pt" and metrics["input_size"] == 32
+    assert metrics["val"]["accuracy"] >= 0.85 and metrics["val"]["classes"] == ["Early", "Pro"]
+    assert metrics["val"]["num_images"] == split["counts"]["val"]
+    assert metrics["test"]["num_images"] == split["counts"]["test"]
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_split_deterministic_stratified_and_duplicate_free(tmp_path: Path) -> None:
+    data = synthetic_folder(tmp_path / "data", per_class=10)
+    shutil.copy(data / "a" / "03.png", data / "a" / "copy_of_03.png")  # same class
+    shutil.copy(data / "a" / "05.png", data / "b" / "copy_of_a05.png")  # across classes
+    found = discover(data)
+    assert found.layout == "imagefolder" and found.classes == ["a", "b"]
+    s1, s2 = make_split(found, 0.1, 0.1, seed=7), make_split(found, 0.1, 0.1, seed=7)
+    s1.save(tmp_path / "s1.json")
+    s2.save(tmp_path / "s2.json")
+    assert (tmp_path / "s1.json").read_bytes() == (tmp_path / "s2.json").read_bytes()
+    assert make_split(found, 0.1, 0.1, seed=8).to_json()["splits"] != s1.to_json()["splits"]
+
+    js = s1.to_json()
+    assert js["duplicates_found"] == 2
+    where = {it["path"]: part for part, items in js["splits"].items() for it in items}
+    assert len(where) == 22  # every file listed exactly once
+    assert where["a/03.png"] == where["a/copy_of_03.png"]
+    assert where["a/05.png"] == where["b/copy_of_a05.png"]
+    hashes = [{it["sha256"] for it in items} for items in js["splits"].values()]
+    assert not (hashes[0] & hashes[1] or hashes[0] & hashes[2] or hashes[1] & hashes[2])
+    for part in ("train", "val", "test"):  # stratified: every class in every part
+        assert {it["label"] for it in js["splits"][part]} == {"a", "b"}
+
+
+def test_split_with_separate_test_folder(tmp_path: Path) -> None:
+    root = tmp_path / "raabin"
+    synthetic_folder(root / "Train", per_class=10)
+    (root / "TestA").mkdir()
+    for c in ("a", "b"):
+        (root / "TestA" / c).mkdir()
+        shutil.copy(root / "Train" / c / "00.png", root / "TestA" / c / "t.png")
+    found = discover(root)
+    assert found.layout == "raabin" and len(found.test) == 2
+    js = make_split(found, 0.2, seed=1).to_json()
+    assert js["counts"] == {"train": 14, "val": 4, "test": 2}  # 80:20 of the 9 left per class
+    assert {it["path"] for it in js["splits"]["test"]} == {"TestA/a/t.png", "TestA/b/t.png"}
+    trainval = {it["path"] for p in ("train", "val") for it in js["splits"][p]}
+    assert "Train/a/00.png" not in trainval  # identical to a test image: kept out
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    data = synthetic_folder(tmp_path / "data", per_class=12)
+    args = ["--data", str(data), "--input-size", "48", "--epochs", "2", "--batch-size", "4",
+            "--workers", "0", "--deterministic", "--device", "cpu", "--seed", "3"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli(train_main, [*args, "--out", str(straight)]) == 0
+
+    save = loop.Trainer._save
+
+    def save_then_interrupt(self, name: str, epoch: int, val_metrics) -> None:
+        save(self, name, epoch, val_metrics)
+        if name == "last.pt" and epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_save", save_then_interrupt)
+    assert run_cli(train_main, [*args, "--out", str(resumed)]) == 130  # Ctrl-C after epoch 1
+    monkeypatch.undo()
+    assert torch.load(resumed / "last.pt", weights_only=True)["extra"]["epoch"] == 1
+    assert run_cli(train_main, [*args, "--out", str(resumed), "--resume"]) == 0
+
+    assert (straight / "split.json").read_bytes() == (resumed / "split.json").read_bytes()
+    a, b = _weights(straight / "last.pt"), _weights(resumed / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+            for d in (straight, resumed)]
+    drop = {"seconds", "images_per_second"}
+    assert [{k: v for k, v in e.items() if k not in drop} for e in logs[0]] == \
+           [{k: v for k, v in e.items() if k not in drop} for e in logs[1]]
+
+    # A run dir that already holds a run, or a resume with other settings: one-line errors.
+    capsys.readouterr()
+    assert run_cli(train_main, [*args, "--out", str(straight)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lgld-train: error:") and "already holds a run" in err
+    assert len(err.splitlines()) == 1
+    other_seed = [*args[:-1], "4", "--out", str(straight), "--resume"]
+    assert run_cli(train_main, other_seed) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("lgld-train: error:") and "different settings" in err
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_equal_hand_computed_confusion_matrix() -> None:
+    # rows: true a, b, c; columns: predicted a, b, c
+    #   a: 3 1 0 | b: 0 2 0 | c: 2 1 1
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 1, 0, 0, 1, 1, 0, 1, 2, 0]
+    cm = confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[3, 1, 0], [0, 2, 0], [2, 1, 1]]
+    m = compute_metrics(y_true, y_pred, ["a", "b", "c"])
+    # a: P 3/5, R 3/4, F1 2/3 | b: P 2/4, R 2/2, F1 2/3 | c: P 1/1, R 1/4, F1 2/5
+    expected = {"a": (0.6, 0.75, 2 / 3, 4), "b": (0.5, 1.0, 2 / 3, 2), "c": (1.0, 0.25, 0.4, 4)}
+    for c, (p, r, f1, n) in expected.items():
+        row = m["per_class"][c]
+        assert row["precision"] == pytest.approx(p) and row["recall"] == pytest.approx(r)
+        assert row["f1"] == pytest.approx(f1) and row["support"] == n
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["macro_precision"] == pytest.approx(0.7)
+    assert m["macro_recall"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0.4) / 3)
+    assert m["num_images"] == 10 and m["classes"] == ["a", "b", "c"]
+    report = format_report(m)
+    assert "accuracy 60.00%" in report and "macro F1 57.78%" in report
+
+    # A model class absent from the data and never predicted: counted as 0 by the plain
+    # metrics; lgld-eval averages over the classes present in the data instead.
+    m4 = compute_metrics(y_true, y_pred, ["a", "b", "c", "d"])
+    assert m4["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0.4) / 4)
+    s4 = summarise(np.array(y_true), np.array(y_pred), ["a", "b", "c", "d"])
+    assert s4["macro_f1"] == pytest.approx(m["macro_f1"]) and s4["macro_over"] == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _empty_class(tmp: Path) -> list[str]:
+    data = synthetic_folder(tmp / "d")
+    (data / "c").mkdir()
+    return ["--data", str(data)]
+
+
+def _single_class(tmp: Path) -> list[str]:
+    return ["--data", str(synthetic_folder(tmp / "d", classes=("a",)))]
+
+
+def _corrupt_image(tmp: Path) -> list[str]:
+    data = synthetic_folder(tmp / "d")
+    (data / "a" / "zz_broken.png").write_bytes(b"not an image at all")
+    return ["--data", str(data)]
+
+
+@pytest.mark.parametrize("case,make,needle", [
+    ("missing data", lambda t: ["--data", str(t / "nope")], "not found"),
+    ("empty class folder", _empty_class, "has no images"),
+    ("single class", _single_class, "at least 2 classes"),
+    ("unknown layout", lambda t: ["--data", str(t), "--layout", "kaggle"], "invalid choice"),
+    ("corrupt image", _corrupt_image, "zz_broken.png"),
+    ("bad input size", lambda t: ["--data", str(t), "--input-size", "40"], "multiple of 16"),
+    ("resume nothing", lambda t: ["--data", str(t), "--resume"], "nothing to resume"),
+])
+def test_bad_input_one_line_error(tmp_path: Path, capsys, case: str, make, needle: str) -> None:
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--workers", "0", "--input-size", "32", "--epochs", "1"]
+    code = run_cli(train_main, [*common, *make(tmp_path)])  # the case's options win
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, case
+    assert err and err[-1].startswith("lgld-train: error:") and needle in err[-1], err
+    assert not any("Traceback" in line for line in err)
+    if case == "corrupt image":  # nothing half-made is left behind: the same --out works later
+        assert not out.exists()
+
+
+def test_data_error_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown layout"):
+        discover(tmp_path, "kaggle")

@@ -1,0 +1,146 @@
+"""Render a model card (Markdown) for a shipped model from its run folder and evaluations.
+
+    python -m lgld.training.modelcard RUN_DIR --eval-json VAL.json [--test-json TEST.json]
+        --title "..." --data-citation "..." --onnx models/zoo/x.onnx -o models/zoo/x.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+from lgld.training.metrics import format_report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _metrics_row(name: str, m: dict) -> str:
+    return (f"| {name} | {m['num_images']} | {_pct(m['accuracy'])} | {_pct(m['macro_precision'])} "
+            f"| {_pct(m['macro_recall'])} | {_pct(m['macro_f1'])} |")
+
+
+def render(
+    run_dir: Path, val: dict, test: dict | None, title: str, citation: str, onnx: str,
+    hardware: str, intended: str, limits: list[str],
+) -> str:
+    split = json.loads((run_dir / "split.json").read_text())
+    history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    best_epoch = max((h for h in history if h["input_size"] == history[-1]["input_size"]),
+                     key=lambda h: h["val_macro_f1"])
+    seconds = sum(h["seconds"] for h in history)
+    counts = ", ".join(f"{k} {v}" for k, v in split["counts"].items())
+    lines = [
+        f"# {title}",
+        "",
+        f"ONNX model: `{onnx}` (checkpoint beside it, same name, `.pt`). "
+        "Research and education only: **not a diagnostic device**.",
+        "",
+        "## Data",
+        "",
+        citation,
+        "",
+        f"Classes: {', '.join(split['classes'])}. Split by `lgld-train` (stratified, seed "
+        f"{split['seed']}, byte-identical duplicates kept in one split: "
+        f"{split['duplicates_found']} found): {counts}. The model was selected on **val** only; "
+        "the test part was evaluated once, after selection. The maintainers' held-out images "
+        "were never seen.",
+        "",
+        "## Training",
+        "",
+        f"- Recipe `{best_run_recipe(run_dir)}`; {len(history)} epochs, input sizes "
+        f"{sorted({h['input_size'] for h in history})} (progressive resizing), best epoch "
+        f"{best_epoch['epoch']} by validation macro F1.",
+        f"- Wall time {seconds / 60:.1f} min on {hardware}.",
+        f"- Reproduce: `{reproduce_command(run_dir, split)}`",
+        "",
+        "## Validation metrics (exported ONNX model through the runtime's code, `lgld-eval`)",
+        "",
+        "| split | images | accuracy | macro precision | macro recall | macro F1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+        _metrics_row("val", val),
+    ]
+    if test:
+        lines.append(_metrics_row("test (own split, after selection)", test))
+    lines += ["", "```", format_report(val), "```", ""]
+    pert = val.get("perturbations")
+    if pert:
+        lines += [
+            "## Robustness (`lgld-eval --perturb`, val split)",
+            "",
+            f"Clean accuracy {_pct(val['accuracy'])}.",
+            "",
+            "| perturbation | severity | accuracy | macro F1 |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in _perturb_rows(pert):
+            lines.append(f"| {row[0]} | {row[1]} | {_pct(row[2])} | {_pct(row[3])} |")
+        lines.append("")
+    lines += ["## Intended use", "", intended, "", "## Known limits", ""]
+    lines += [f"- {x}" for x in limits]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _perturb_rows(pert) -> list[tuple[str, str, float, float]]:
+    rows = []
+    if isinstance(pert, dict):
+        for name, sev in pert.items():
+            if isinstance(sev, dict) and "accuracy" in sev:
+                rows.append((name, "", sev["accuracy"], sev.get("macro_f1", float("nan"))))
+                continue
+            for level, m in (sev or {}).items():
+                rows.append((name, level, m["accuracy"], m.get("macro_f1", float("nan"))))
+    else:
+        for m in pert:
+            rows.append((m.get("name", m.get("perturbation", "?")), str(m.get("severity", "")),
+                         m["accuracy"], m.get("macro_f1", float("nan"))))
+    return rows
+
+
+def best_run_recipe(run_dir: Path) -> str:
+    from lgld.models.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(run_dir / "best.pt").training.get("recipe", "?"))
+
+
+def reproduce_command(run_dir: Path, split: dict) -> str:
+    from lgld.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    run = ckpt.extra.get("run", {})
+    recipe = run.get("recipe", {})
+    return (f"lgld-train --data {split['root']} --out RUN --input-size {run.get('input_size')} "
+            f"--epochs {recipe.get('epochs')} --recipe {recipe.get('name')} "
+            f"--seed {run.get('seed')} --workers 0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lgld-modelcard", description="render a model card")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--eval-json", type=Path, required=True, help="lgld-eval --json on val")
+    p.add_argument("--test-json", type=Path)
+    p.add_argument("--title", required=True)
+    p.add_argument("--data-citation", required=True)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--hardware", default=f"{platform.machine()} CPU, 2 cores, no GPU")
+    p.add_argument("--intended", default=(
+        "Research and education: demonstrating live blood-cell image classification on a "
+        "Raspberry Pi 5. Not a diagnostic device; never use it for clinical decisions."))
+    p.add_argument("--limit", action="append", default=[], help="a known limit (repeatable)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    val = json.loads(a.eval_json.read_text())
+    test = json.loads(a.test_json.read_text()) if a.test_json else None
+    a.out.write_text(render(a.run_dir, val, test, a.title, a.data_citation, a.onnx, a.hardware,
+                            a.intended, a.limit))
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 
 class ExportError(RuntimeError):
     """An export step failed; the message is one line and nothing was written."""
@@ -31,7 +33,7 @@ _LAZY = {
     "quantize_int8": "quantize",
 }
 
-__all__ = ["ExportError", *_LAZY]
+__all__ = ["IMAGE_SUFFIXES", "ExportError", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -11,8 +11,12 @@ import cv2
 import numpy as np
 
 
-def augment(image: np.ndarray, seed: int) -> np.ndarray:
-    """Return an augmented copy of an HxWx3 uint8 image (same size)."""
+def augment(image: np.ndarray, seed: int, color: float = 1.0) -> np.ndarray:
+    """Return an augmented copy of an HxWx3 uint8 image (same size).
+
+    ``color`` scales the stain/brightness/contrast jitter (0: geometry and blur only, for data
+    sets whose classes differ in colour, where jitter would erase a real in-distribution cue).
+    """
     rng = np.random.default_rng(seed)
     h, w = image.shape[:2]
     out = image
@@ -29,9 +33,9 @@ def augment(image: np.ndarray, seed: int) -> np.ndarray:
     if k and h == w:
         out = np.rot90(out, k)
     x = out.astype(np.float32)
-    gains = rng.uniform(0.92, 1.08, size=3).astype(np.float32)  # stain / white balance
-    brightness = np.float32(rng.uniform(0.85, 1.15))
-    contrast = np.float32(rng.uniform(0.85, 1.15))
+    gains = (1 + color * rng.uniform(-0.08, 0.08, size=3)).astype(np.float32)  # stain
+    brightness = np.float32(1 + color * rng.uniform(-0.15, 0.15))
+    contrast = np.float32(1 + color * rng.uniform(-0.15, 0.15))
     mean = x.mean()
     x = (x * gains * brightness - mean) * contrast + mean
     if rng.random() < 0.2:  # slight defocus

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size (32)")
-    p.add_argument("--recipe", choices=("default", "paper"), default="default")
+    p.add_argument("--recipe", choices=("default", "finetune", "paper"), default="default")
     p.add_argument("--variant", choices=("full", "lfa_gce", "lfa", "gce"), default="full")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--val-fraction", type=float, default=None,
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=1, help="data-loader worker processes")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
+    p.add_argument("--color-jitter", type=float,
+                   help="scale of colour/stain augmentation (default 1; 0 = geometric only)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--init", default="", help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--split-file", help="reuse another run's split.json (e.g. when fine-tuning)")
@@ -72,7 +74,7 @@ def run_training(args: argparse.Namespace) -> int:
     from lgld.training.report import final_report
 
     out = Path(args.out)
-    recipe = get_recipe(args.recipe, args.epochs, args.batch_size)
+    recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
     if recipe.epochs < 1 or recipe.batch_size < 1:
         raise DataError("--epochs and --batch-size must be >= 1")
     if args.input_size < 32 or args.input_size % 16:

@@ -81,8 +81,11 @@ class SeededSampler(Sampler):
 class CachedDataset(Dataset):
     """Serves (CHW float32 tensor, label) from an ImageCache at one input size."""
 
-    def __init__(self, cache: ImageCache, spec: PreprocessSpec, train: bool) -> None:
+    def __init__(
+        self, cache: ImageCache, spec: PreprocessSpec, train: bool, color: float = 1.0
+    ) -> None:
         self.images = cache.resized(spec)
+        self.color = color
         self.labels = cache.labels
         self.spec = spec
         self.train = train
@@ -94,7 +97,7 @@ class CachedDataset(Dataset):
         idx, seed = key
         image = self.images[idx]
         if self.train:
-            image = augment(image, seed)
+            image = augment(image, seed, self.color)
         return torch.from_numpy(normalize(image, self.spec)), int(self.labels[idx])
 
 

@@ -176,7 +176,8 @@ class Trainer:
 
     def _loader(self, part: str, size: int, train: bool, epoch: int = 0) -> DataLoader:
         spec = PreprocessSpec(input_size=size)
-        ds = CachedDataset(self.caches[part], spec, train=train and self.cfg.recipe.augment)
+        ds = CachedDataset(self.caches[part], spec, train=train and self.cfg.recipe.augment,
+                           color=self.cfg.recipe.color_jitter)
         sampler = SeededSampler(
             len(ds), self.cfg.seed, shuffle=train, rank=self.rank if train else 0,
             world=self.world if train else 1, pad=train,

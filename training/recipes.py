@@ -21,6 +21,7 @@ class Recipe:
     gamma: float = 0.5
     label_smoothing: float = 0.1
     augment: bool = True
+    color_jitter: float = 1.0  # scale of the stain/brightness/contrast jitter (0: none)
     # Progressive resizing: train the first `small_fraction` of epochs at
     # `small_factor` x the final input size (rounded to a multiple of 16), then at full size.
     small_fraction: float = 0.4
@@ -36,10 +37,17 @@ class Recipe:
         return asdict(self)
 
 
-def get_recipe(name: str, epochs: int | None = None, batch_size: int | None = None) -> Recipe:
+def get_recipe(
+    name: str,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    color_jitter: float | None = None,
+) -> Recipe:
     """``paper``: Adam lr 1e-2, StepLR(5, 0.5), 50 epochs, batch 32, no augmentation.
     ``default``: AdamW + warm-up/cosine, label smoothing, smear-aware augmentation and
-    progressive resizing, 14 epochs (lr 8e-3)."""
+    progressive resizing, 14 epochs (lr 8e-3).
+    ``finetune``: continue from ``--init`` weights: AdamW lr 3e-3, short warm-up, cosine,
+    label smoothing 0.05, one input size, 8 epochs."""
     if name == "paper":
         r = Recipe(
             name="paper", epochs=50, optimizer="adam", lr=1e-2, weight_decay=0.0,
@@ -48,11 +56,16 @@ def get_recipe(name: str, epochs: int | None = None, batch_size: int | None = No
         )
     elif name == "default":
         r = Recipe(name="default", epochs=14)
+    elif name == "finetune":
+        r = Recipe(name="finetune", epochs=8, lr=3e-3, warmup_epochs=0.3, label_smoothing=0.05,
+                   small_fraction=0.0)
     else:
-        raise ValueError(f"unknown recipe {name!r}; choose 'default' or 'paper'")
+        raise ValueError(f"unknown recipe {name!r}; choose 'default', 'finetune' or 'paper'")
     changes = {}
     if epochs is not None:
         changes["epochs"] = epochs
     if batch_size is not None:
         changes["batch_size"] = batch_size
+    if color_jitter is not None:
+        changes["color_jitter"] = color_jitter
     return Recipe(**{**asdict(r), **changes}) if changes else r

@@ -1,0 +1,143 @@
+"""``lgld-export``: checkpoint -> simplified, verified, self-describing ONNX (optionally INT8)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+PROG = "lgld-export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export an lgld-train checkpoint to ONNX for the runtime: exact algebraic "
+        "rewrites (BN folding and more), onnxsim, ONNX Runtime vs PyTorch verification, "
+        "metadata with everything the runtime needs. Optional static INT8 (QDQ).",
+    )
+    p.add_argument("checkpoint", help="checkpoint (.pt) written by lgld-train")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--batch", choices=("1", "dynamic"), default="1",
+                   help="fixed batch size 1 (default) or a dynamic batch dimension")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("--no-rewrite", action="store_true",
+                   help="export the model as written, without the algebraic rewrites "
+                   "(for comparisons; forbidden ops are not checked)")
+    p.add_argument("--verify-data", metavar="DIR",
+                   help="verify on the images under DIR (default: fixed synthetic images)")
+    p.add_argument("--verify-limit", type=int, default=None, metavar="N",
+                   help="verify on at most N images of --verify-data, evenly spread")
+    p.add_argument("--name", default=None,
+                   help="model name for the metadata (default: the training data set's name)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime threads for verification and timing")
+    q = p.add_argument_group("INT8 (static post-training quantization, QDQ)")
+    q.add_argument("--int8", action="store_true",
+                   help="write an INT8 model to --output (the fp32 export is the reference)")
+    q.add_argument("--calib-data", metavar="DIR",
+                   help="calibration images, one sub-folder per class (the model's classes)")
+    q.add_argument("--calib-limit", type=int, default=None, metavar="N",
+                   help="use at most N calibration images, evenly spread")
+    q.add_argument("--int8-activations", choices=("u8", "s8"), default="u8",
+                   help="activation type: u8 (default; fastest measured) or s8 (for x86 CPUs "
+                   "without VNNI, where u8 x s8 products can saturate)")
+    q.add_argument("--latency-runs", type=int, default=30, metavar="N",
+                   help="timed runs per model for the fp32 vs INT8 latency (default 30)")
+    q.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="refuse the INT8 model if its top-1 accuracy on the calibration "
+                   "images is lower than fp32's by more than this (default 0.005)")
+    return p
+
+
+def _graph_lines(path: Path, macs: int) -> list[str]:
+    """Node count, op histogram, parameter count and MACs of a written model."""
+    import onnx
+
+    from lgld.export.onnx_export import graph_parameter_count
+    from lgld.export.verify import op_histogram
+
+    model = onnx.load(str(path))
+    hist = op_histogram(model)
+    return [
+        f"nodes: {len(model.graph.node)}",
+        "ops: " + ", ".join(f"{op} {n}" for op, n in hist.items()),
+        f"parameters: {graph_parameter_count(model):,} in the graph (weights, scales, zero "
+        "points)",
+        f"MACs: {macs / 1e9:.3f} G (the fp32 graph's; quantized ops do them in int8)",
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    from lgld.export import ExportError
+    from lgld.export.onnx_export import check_writable, export_checkpoint
+    from lgld.export.quantize import labelled_images, quantize_int8
+    from lgld.models.checkpoint import load_checkpoint
+
+    if args.int8 and not args.calib_data:
+        raise ExportError("--int8 needs --calib-data DIR")
+    if args.calib_data and not args.int8:
+        raise ExportError("--calib-data is only used with --int8")
+    for flag, value in (("--threads", args.threads), ("--verify-limit", args.verify_limit),
+                        ("--calib-limit", args.calib_limit),
+                        ("--latency-runs", args.latency_runs)):
+        if value is not None and value < 1:
+            raise ExportError(f"{flag} must be >= 1, got {value}")
+    out = Path(args.output)
+    check_writable(out)  # fail fast, before any slow work
+    kwargs = dict(
+        opset=args.opset, dynamic_batch=args.batch == "dynamic", simplify=not args.no_simplify,
+        verify_images=args.verify_data, rewrite=not args.no_rewrite, name=args.name,
+        verify_limit=args.verify_limit, threads=args.threads,
+    )
+    if not args.int8:
+        report = export_checkpoint(args.checkpoint, out, **kwargs)
+        print(report.summary())
+        return 0
+    # fail fast on calibration data that cannot fit this checkpoint
+    labelled_images(args.calib_data, load_checkpoint(args.checkpoint).classes)
+    with tempfile.TemporaryDirectory(prefix="lgld-export-") as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        report = export_checkpoint(args.checkpoint, fp32_path, **kwargs)
+        print(f"fp32 reference: {report.node_count} nodes, {report.graph_parameters:,} "
+              f"parameters, MACs {report.export_macs / 1e9:.3f} G")
+        print(f"fp32 verified on {report.verification.summary()}")
+        int8 = quantize_int8(
+            fp32_path, out, args.calib_data, max_accuracy_drop=args.max_accuracy_drop,
+            threads=args.threads, calib_limit=args.calib_limit, activations=args.int8_activations,
+            latency_runs=args.latency_runs,
+        )
+    print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB, int8-qdq, opset {report.opset})")
+    print("\n".join(_graph_lines(out, report.export_macs)))
+    print(int8.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, never a traceback
+        if os.environ.get("LGLD_DEBUG"):
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    from lgld.export import ExportError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    known = (ExportError, ValueError, OSError)  # CheckpointError, ImageError, ... are ValueErrors
+    return text if isinstance(exc, known) else f"unexpected {type(exc).__name__}: {text}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""``lgld-run``: live blood-cell classification from a microscope camera, headless first.
+
+Exit status: 0 done (stopped, --frames reached, or all images classified), 1 failure while
+running, 2 bad arguments or configuration, 3 model missing or not an lgld model, 4 camera or
+source absent, busy or unreadable, 5 output problem (log not writable, HTTP port in use).
+Every error is one line on stderr: ``lgld-run: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import suppress
+from typing import Any
+
+import cv2
+
+from lgld.runtime.config import (
+    ConfigError,
+    RunConfig,
+    load_config,
+    parse_listen,
+    parse_roi,
+    to_toml,
+)
+from lgld.runtime.modelinfo import lgld_version
+from lgld.runtime.pipeline import Pipeline, PipelineError, PipelineSettings, Result
+from lgld.runtime.resultlog import ResultLog, ResultLogError
+from lgld.runtime.sdnotify import Notifier
+from lgld.runtime.server import App, HttpServer, Renderer, ServerError
+from lgld.runtime.session import ModelLoadError, OnnxClassifier, default_threads
+from lgld.runtime.sources import SourceError, open_source
+from lgld.runtime.zoo import resolve_model
+
+PROG = "lgld-run"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL, EXIT_SOURCE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
+
+log = logging.getLogger("lgld.runtime")
+
+EPILOG = """\
+examples:
+  lgld-run --source demo --http 8080          live demo, open http://127.0.0.1:8080/
+  lgld-run --model wbc5 --mode roi --http 0.0.0.0:8080 --log /var/lib/lgld/results.jsonl
+  lgld-run --source images:slides/ --log out.jsonl     classify every image once
+  lgld-run --print-config > lgld.toml                  then: lgld-run --config lgld.toml
+  lgld-run --check                                     doctor: camera, model, log, port
+
+exit status: 0 ok, 1 failure while running, 2 bad arguments or configuration,
+3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable,
+5 output problem (log not writable, HTTP port in use)
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {PROG} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        description="Classify blood cells live from a microscope camera with an LGLD-Net ONNX "
+        "model (no torch needed). Flags override the --config file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", metavar="all|wbc5|PATH", help="model (default: all)")
+    p.add_argument(
+        "--source",
+        metavar="SPEC",
+        help="auto | picamera2[:N] | camera:N | video:PATH | images:DIR_OR_GLOB | demo[:all|:wbc] "
+        "| stream URL (default: auto = Pi camera, else camera 0, else an error)",
+    )
+    p.add_argument("--mode", choices=("field", "roi"), help="classify the field of view or a ROI")
+    p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
+    p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
+    p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
+    p.add_argument("--http", metavar="[HOST:]PORT", help="serve the live page (host 127.0.0.1)")
+    p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    p.add_argument("--preview", choices=("auto", "on", "off"), help="local preview window")
+    p.add_argument("--config", metavar="FILE.toml", help="configuration file")
+    p.add_argument("--print-config", action="store_true", help="print the effective config")
+    p.add_argument("--check", action="store_true", help="check the setup and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {lgld_version()}")
+    return p
+
+
+def effective_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults < --config file < command-line flags; validated."""
+    cfg = load_config(args.config)
+    if args.model is not None:
+        cfg.model.path = args.model
+    if args.source is not None:
+        cfg.source.input = args.source
+    if args.roi is not None:
+        cfg.inference.roi = parse_roi(args.roi)
+        cfg.inference.mode = "roi"
+    if args.mode is not None:
+        cfg.inference.mode = args.mode
+    if args.frames is not None:
+        cfg.inference.frames = args.frames
+    if args.log is not None:
+        cfg.log.path = args.log
+    if args.http is not None:
+        cfg.http.listen = args.http
+    if args.threads is not None:
+        cfg.model.threads = args.threads
+    if args.preview is not None:
+        cfg.display.preview = args.preview
+    return cfg.validate()
+
+
+def _error(code: int, message: object) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, ResultLogError | ServerError):
+        return EXIT_OUTPUT
+    if isinstance(exc, SourceError):
+        return EXIT_SOURCE
+    if isinstance(exc, ModelLoadError):
+        return EXIT_MODEL
+    if isinstance(exc, PipelineError | ConfigError):
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT set an event instead of killing the process (restored on exit)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        self.event.set()
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_batch_line(result: Result) -> None:
+    label = result.label or "-"
+    conf = f"{result.confidence:.3f}" if result.confidence is not None else "-"
+    print(f"{result.name}\t{label}\t{conf}\t{result.state}", flush=True)
+
+
+def run(cfg: RunConfig) -> int:
+    """Run the live pipeline until stopped; returns the exit status."""
+    from lgld.runtime.preview import PreviewWindow, preview_possible
+
+    threads = cfg.model.threads or default_threads()
+    try:
+        classifier = OnnxClassifier(resolve_model(cfg.model.path), threads=threads)
+    except ModelLoadError as exc:
+        return _error(EXIT_MODEL, exc)
+    result_log = server = source = preview = None
+    stop = threading.Event()
+    notifier = Notifier()
+    pipeline: Pipeline | None = None
+    try:
+        with _StopSignals(stop):
+            try:
+                if cfg.log.path:
+                    result_log = ResultLog(cfg.log.path, cfg.log.max_bytes, cfg.log.backups,
+                                           cfg.log.fsync_interval_s)
+                if cfg.http.listen:
+                    server = HttpServer(*parse_listen(cfg.http.listen))
+                scene = "wbc" if cfg.inference.mode == "roi" else "all"
+                source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
+            except (ResultLogError, ServerError, SourceError) as exc:
+                return _error(_exit_code(exc), exc)
+            listeners: list = [result_log] if result_log else []
+            if source.batch:
+                listeners.append(_print_batch_line)
+            pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
+                                classifier.info.name, listeners)
+            renderer = Renderer(pipeline, cfg.http.jpeg_quality)
+            if server is not None:
+                server.start(App(pipeline, renderer, cfg.http.stream_max_fps,
+                                 cfg.http.snapshot_dir, max(5.0, 2 * cfg.source.timeout_s)))
+            show, why = preview_possible(cfg.display.preview)
+            if show:
+                try:
+                    preview = PreviewWindow()
+                except cv2.error as exc:
+                    log.warning("no preview window: %s", str(exc).strip().splitlines()[-1])
+            elif cfg.display.preview == "on":
+                log.warning("no preview window: %s", why)
+            log.info(
+                "model %s (%d classes, %d px, %d threads) | source %s | mode %s%s%s",
+                classifier.info.name, len(classifier.classes), classifier.info.input_size,
+                threads, source.name, cfg.inference.mode,
+                f" | live view {server.url}" if server else "",
+                f" | log {result_log.path}" if result_log else "",
+            )
+            pipeline.start()
+            notifier.ready(f"classifying {source.name}")
+            _main_loop(pipeline, renderer, stop, notifier, preview)
+    finally:
+        notifier.stopping()
+        if pipeline is not None:
+            pipeline.stop()
+            pipeline.join(cfg.source.timeout_s + 3.0)
+        elif source is not None:
+            source.close()
+        for resource in (server, preview, result_log):
+            if resource is not None:
+                with suppress(Exception):
+                    resource.close()
+    assert pipeline is not None
+    s = pipeline.stats
+    log.info("%d results from %d frames in %.1f s (%d dropped)%s", s.results, s.frames,
+             s.uptime(), pipeline.slot.dropped,
+             f"; log {result_log.path} ({result_log.lines} lines)" if result_log else "")
+    if pipeline.failure is not None:
+        return _error(_exit_code(pipeline.failure), _message(pipeline.failure))
+    return EXIT_OK
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, SourceError | ResultLogError | PipelineError | ModelLoadError):
+        return str(exc)
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+
+
+def _main_loop(pipeline: Pipeline, renderer: Renderer, stop: threading.Event,
+               notifier: Notifier, preview: Any) -> None:
+    """Wait for the end; meanwhile ping the watchdog, update STATUS and the preview window."""
+    last_status, shown = 0.0, -1
+    tick = 0.03 if preview is not None else 0.2
+    while not stop.is_set() and not pipeline.finished.wait(tick):
+        now = time.monotonic()
+        healthy = pipeline.alive() and now - pipeline.heartbeat < 10.0
+        notifier.watchdog(healthy)
+        if now - last_status > 2.0:
+            last_status = now
+            _, _, result = pipeline.hub.latest()
+            state = "starting" if result is None else (result.label or result.state)
+            if not pipeline.stats.camera_ok:
+                state = f"camera lost ({pipeline.stats.camera_message})"
+            notifier.status(f"{pipeline.source.name}: {state}, "
+                            f"{pipeline.stats.inference_fps.rate():.1f} results/s")
+        if preview is not None:
+            seq, frame, result = pipeline.hub.latest()
+            if frame is not None and seq != shown:
+                shown = seq
+                if not preview.show(renderer.overlay(frame, result)):
+                    break
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``lgld-run``; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USAGE
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    handler.addFilter(_prefix_warnings)
+    log.addHandler(handler)
+    previous_level = log.level
+    log.setLevel(logging.INFO)
+    with suppress(Exception):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        cfg = effective_config(args)
+        if args.print_config:
+            sys.stdout.write(to_toml(cfg))
+            return EXIT_OK
+        if args.check:
+            from lgld.runtime.doctor import doctor
+
+            return doctor(cfg)
+        return run(cfg)
+    except ConfigError as exc:
+        return _error(EXIT_USAGE, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the pipeline took over the signal
+        return 130
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("LGLD_DEBUG"):
+            raise
+        return _error(EXIT_FAILURE, f"unexpected {_message(exc)} (LGLD_DEBUG=1 shows details)")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
+
+
+def _prefix_warnings(record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING and not str(record.msg).startswith("warning: "):
+        record.msg = "warning: " + str(record.msg)
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""lgld-run configuration: TOML sections as dataclasses, CLI overrides, and TOML output.
+
+The effective configuration is the defaults below, then the ``--config`` file, then the
+command-line flags. ``lgld-run --print-config`` prints it as commented TOML that loads back
+unchanged (deploy/lgld.toml is made from it), so section and key names are a stable interface.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid (one-line reason)."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best in the tables below
+    """A config field with its TOML comment."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SourceSection:
+    """[source]: where frames come from."""
+
+    input: str = _f(
+        "auto",
+        "auto | picamera2 | picamera2:N | camera:N | video:PATH | images:DIR_OR_GLOB | demo\n"
+        "| demo:all | demo:wbc | a network stream URL (rtsp://..., http://...).\n"
+        "auto = the Raspberry Pi camera, else USB camera 0, else an error (never the demo).",
+    )
+    width: int = _f(1280, "Display (main stream) width in pixels.")
+    height: int = _f(720, "Display (main stream) height in pixels.")
+    fps: float = _f(30.0, "Requested camera frame rate (demo: generated frame rate).")
+    lores_width: int = _f(640, "picamera2 only: low-resolution YUV420 stream fed to the model in\n"
+                               "field mode (same field of view as the main stream).")
+    lores_height: int = _f(360, "picamera2 only: low-resolution stream height.")
+    timeout_s: float = _f(2.0, "Seconds to wait for a frame before the camera counts as lost.")
+    retry_initial_s: float = _f(1.0, "A lost camera is reopened after this many seconds, doubling\n"
+                                     "up to retry_max_s while it stays away.")
+    retry_max_s: float = _f(30.0, "Longest wait between two reconnection attempts.")
+    loop: bool = _f(False, "video:PATH only: start again at the end instead of stopping.")
+
+
+@dataclass
+class ModelSection:
+    """[model]: which ONNX model runs and how."""
+
+    path: str = _f("all", "all (ALL leukemia fields) | wbc5 (single white cells) | a .onnx path.")
+    threads: int = _f(0, "ONNX Runtime threads; 0 = all cores but one (left for capture/encoding).")
+
+
+@dataclass
+class InferenceSection:
+    """[inference]: what part of the frame is classified."""
+
+    mode: str = _f("field", "field: classify the field of view (the ALL model is trained on whole\n"
+                            "fields); roi: classify a square region, put one cell in it (WBC5).")
+    field_crop: str = _f("square", "field mode: square = the largest centred square (cells keep\n"
+                                   "their shape); full = the whole frame, squashed to a square.")
+    roi: list[int] = _f([], "roi mode: [x, y, w, h] in display pixels; [] = a centred square.")
+    roi_size: float = _f(0.5, "roi mode without roi: side of the centred square, as a fraction of\n"
+                              "the frame's shorter side.")
+    frames: int = _f(0, "Stop after this many results (0 = run until stopped).")
+
+
+@dataclass
+class TrustSection:
+    """[trust]: when a prediction is shown at all."""
+
+    window: int = _f(8, "Average the class probabilities of the last `window` classified frames\n"
+                        "(images:... sources classify each image on its own).")
+    min_confidence: float = _f(0.6, "Below this averaged confidence the result is 'uncertain'.")
+    min_focus: float = _f(6.0, "Focus gate: variance of the Laplacian of the classified region\n"
+                               "(grey, 256 px, lightly smoothed); below it = 'out of focus'.\n"
+                               "Sharp sample images score 10-60; defocused by 2 px at 224 px: 3-8.")
+    dark_level: int = _f(25, "Grey level at or below which a pixel counts as dark.")
+    bright_level: int = _f(250, "Grey level at or above which a pixel counts as clipped.")
+    max_dark_fraction: float = _f(0.5, "More dark pixels than this fraction = 'too dark'.")
+    max_bright_fraction: float = _f(0.5, "More clipped pixels than this fraction = 'too bright'.")
+
+
+@dataclass
+class HttpSection:
+    """[http]: the live page, MJPEG stream, snapshots, JSON API and Prometheus metrics."""
+
+    listen: str = _f("", "HOST:PORT (or PORT) to serve on; \"\" = off. A bare port binds\n"
+                         "127.0.0.1 only; give 0.0.0.0:PORT to serve the local network.")
+    jpeg_quality: int = _f(80, "JPEG quality of the stream and snapshots (1-100).")
+    stream_max_fps: float = _f(30.0, "Upper bound on MJPEG frames per second for each viewer.")
+    snapshot_dir: str = _f("", "Folder where POST /api/snapshot saves the raw frame, the overlay\n"
+                               "and the result JSON; \"\" = saving off (GET /snapshot.* works).")
+
+
+@dataclass
+class LogSection:
+    """[log]: the JSONL result log."""
+
+    path: str = _f("", "JSONL result log, one line per result; \"\" = off.")
+    max_bytes: int = _f(10_000_000, "Rotate when the log would grow past this size (bytes).")
+    backups: int = _f(5, "Rotated logs kept: path.1 (newest) ... path.N.")
+    fsync_interval_s: float = _f(5.0, "Every line reaches the OS at once; it is also forced to\n"
+                                      "disk (fsync) at most this many seconds apart and on exit.")
+
+
+@dataclass
+class DisplaySection:
+    """[display]: the local preview window."""
+
+    preview: str = _f("auto", "auto: a window only with a display, outside systemd, and an OpenCV\n"
+                              "with GUI support (not opencv-python-headless); on; off.")
+
+
+@dataclass
+class RunConfig:
+    """The whole lgld-run configuration."""
+
+    source: SourceSection = field(default_factory=SourceSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    trust: TrustSection = field(default_factory=TrustSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    log: LogSection = field(default_factory=LogSection)
+    display: DisplaySection = field(default_factory=DisplaySection)
+
+    def validate(self) -> RunConfig:
+        """Raise ConfigError for the first invalid value; return self."""
+        s, i, t = self.source, self.inference, self.trust
+        _check(s.width >= 16 and s.height >= 16, "source.width/height must be at least 16")
+        _check(s.lores_width >= 16 and s.lores_height >= 16, "source.lores_* must be >= 16")
+        _check(s.fps > 0, "source.fps must be > 0")
+        _check(s.timeout_s > 0, "source.timeout_s must be > 0")
+        _check(0 < s.retry_initial_s <= s.retry_max_s, "need 0 < retry_initial_s <= retry_max_s")
+        _check(self.model.threads >= 0, "model.threads must be >= 0 (0 = automatic)")
+        _check(i.mode in ("field", "roi"), f"inference.mode must be field or roi, not {i.mode!r}")
+        _check(i.field_crop in ("square", "full"), "inference.field_crop must be square or full")
+        _check(len(i.roi) in (0, 4), "inference.roi must be [] or [x, y, w, h]")
+        if i.roi:
+            _check(i.roi[0] >= 0 and i.roi[1] >= 0, "inference.roi x and y must be >= 0")
+            _check(i.roi[2] >= 8 and i.roi[3] >= 8, "inference.roi w and h must be >= 8 pixels")
+        _check(0 < i.roi_size <= 1, "inference.roi_size must be in (0, 1]")
+        _check(i.frames >= 0, "inference.frames must be >= 0")
+        _check(t.window >= 1, "trust.window must be >= 1")
+        _check(0 <= t.min_confidence <= 1, "trust.min_confidence must be in [0, 1]")
+        _check(t.min_focus >= 0, "trust.min_focus must be >= 0")
+        _check(0 <= t.dark_level < t.bright_level <= 255,
+               "need 0 <= trust.dark_level < trust.bright_level <= 255")
+        for name in ("max_dark_fraction", "max_bright_fraction"):
+            _check(0 < getattr(t, name) <= 1, f"trust.{name} must be in (0, 1]")
+        _check(1 <= self.http.jpeg_quality <= 100, "http.jpeg_quality must be 1-100")
+        _check(self.http.stream_max_fps > 0, "http.stream_max_fps must be > 0")
+        if self.http.listen:
+            parse_listen(self.http.listen)
+        _check(self.log.max_bytes >= 1024, "log.max_bytes must be >= 1024")
+        _check(self.log.backups >= 0, "log.backups must be >= 0")
+        _check(self.log.fsync_interval_s >= 0, "log.fsync_interval_s must be >= 0")
+        _check(self.display.preview in ("auto", "on", "off"), "display.preview: auto, on or off")
+        return self
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """"PORT", "HOST:PORT", ":PORT" or "[v6]:PORT" -> (host, port); default host 127.0.0.1."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"http address must be HOST:PORT or PORT, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"http port must be 0-65535, got {port}")
+    return host, port
+
+
+def parse_roi(text: str) -> list[int]:
+    """"x,y,w,h" -> [x, y, w, h]."""
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise ConfigError(f"--roi needs x,y,w,h in pixels, got {text!r}")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML in and out
+
+
+def _sections(cfg: RunConfig) -> list[tuple[str, Any]]:
+    return [(f.name, getattr(cfg, f.name)) for f in fields(cfg)]
+
+
+def _coerce(section: str, key: str, default: Any, value: Any) -> Any:
+    where = f"[{section}] {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer")
+        return value
+    if isinstance(default, float):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{where} must be a list of integers")
+        return list(value)
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+def apply_mapping(cfg: RunConfig, data: dict[str, Any], origin: str = "config") -> RunConfig:
+    """Overlay a parsed TOML mapping onto cfg; unknown sections or keys are errors (typos)."""
+    known = dict(_sections(cfg))
+    for section, values in data.items():
+        if section not in known:
+            raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(known)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        target = known[section]
+        names = {f.name for f in fields(target)}
+        for key, value in values.items():
+            if key not in names:
+                raise ConfigError(f"{origin}: unknown key {key!r} in [{section}]")
+            setattr(target, key, _coerce(section, key, getattr(target, key), value))
+    return cfg
+
+
+def load_config(path: str | Path | None = None) -> RunConfig:
+    """Defaults, overlaid with the TOML file at path (if given)."""
+    cfg = RunConfig()
+    if path is None:
+        return cfg
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return apply_mapping(cfg, data, origin=str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")  # pragma: no cover
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The configuration as commented TOML (tomllib reads it back to the same values)."""
+    lines = [
+        "# lgld-run configuration (lgld-run --print-config). Use it with --config FILE;",
+        "# command-line flags override the values here.",
+    ]
+    for name, section in _sections(cfg):
+        title = (type(section).__doc__ or "").strip().split(": ", 1)[-1]
+        lines += ["", f"# {title[:1].upper()}{title[1:]}", f"[{name}]"]
+        for f in fields(section):
+            lines += [f"# {line}" for line in f.metadata.get("help", "").splitlines()]
+            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,571 @@
+"""The live pipeline: capture thread -> latest-frame slot -> inference worker -> results.
+
+* The capture thread never waits for inference: it puts every frame into a one-frame slot,
+  replacing (and counting as dropped) a frame the worker has not taken yet. Memory is bounded:
+  one frame in the slot, one being classified, the newest one published for display.
+* The inference worker always takes the newest frame, checks its quality, classifies it,
+  smooths the probabilities and hands the :class:`Result` to the listeners (log, ...).
+* Display and streaming read :class:`FrameHub`, which is updated at camera rate and holds the
+  latest frame and the latest result, so a viewer sees every frame with the last result on it.
+* Batch sources (a folder of images) use the slot losslessly: each image is classified once.
+* A live source that stops delivering (:class:`CameraLost`) is closed and reopened with
+  exponential backoff; the outage is reported on stderr, in the overlay, /healthz and /metrics.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from lgld.runtime.quality import OK, Quality, QualityThresholds, assess
+from lgld.runtime.smoothing import Smoother, decide
+from lgld.runtime.sources import CameraLost, Frame, Source
+
+log = logging.getLogger("lgld.runtime")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+STATES = ("ok", "uncertain", "out_of_focus", "too_dark", "too_bright")
+STATE_LABELS = {
+    "ok": "ok",
+    "uncertain": "uncertain",
+    "out_of_focus": "out of focus",
+    "too_dark": "too dark",
+    "too_bright": "too bright",
+}
+
+
+class PipelineError(RuntimeError):
+    """The pipeline cannot go on (one-line reason)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+class LatestSlot:
+    """A one-item buffer. put() replaces an untaken item (counted in ``dropped``) and never
+    blocks, unless ``lossless``: then put() waits until the item was taken (batch mode)."""
+
+    def __init__(self, lossless: bool = False) -> None:
+        self.lossless = lossless
+        self.dropped = 0
+        self._item: Any = None
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Any) -> bool:
+        """Offer an item; False when the slot is closed."""
+        with self._cond:
+            if self.lossless:
+                self._cond.wait_for(lambda: self._item is None or self._closed)
+            if self._closed:
+                return False
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The newest item (and empty the slot), or None after timeout / when closed and empty."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds (bounded memory)."""
+
+    def __init__(self, window: float = 2.0) -> None:
+        self.window = window
+        self._times: deque[float] = deque(maxlen=1024)
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._times and self._times[0] < now - self.window:
+                self._times.popleft()
+            n = len(self._times)
+            if n < 2:
+                return 0.0
+            span = max(now - self._times[0], self._times[-1] - self._times[0])
+            return (n - 1) / span if span > 0 else 0.0
+
+
+class Histogram:
+    """A Prometheus-style cumulative histogram."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # last = +Inf only
+        self.sum = 0.0
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self.counts[bisect.bisect_left(self.buckets, value)] += 1
+            self.sum += value
+            self.count += 1
+
+    def cumulative(self) -> tuple[list[tuple[str, int]], float, int]:
+        """[(le, cumulative count), ..., ("+Inf", count)], sum, count."""
+        with self._lock:
+            out, total = [], 0
+            for bound, n in zip(self.buckets, self.counts, strict=False):
+                total += n
+                out.append((repr(float(bound)), total))
+            out.append(("+Inf", self.count))
+            return out, self.sum, self.count
+
+
+@dataclass
+class Stats:
+    """Counters and rates shown in the overlay, /api/latest and /metrics."""
+
+    started: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    results: int = 0
+    reconnects: int = 0
+    camera_ok: bool = True
+    camera_message: str = ""
+    last_frame_mono: float = 0.0
+    last_latency_ms: float = 0.0
+    last_e2e_ms: float = 0.0
+    camera_fps: RateMeter = field(default_factory=RateMeter)
+    inference_fps: RateMeter = field(default_factory=RateMeter)
+    latency: Histogram = field(default_factory=Histogram)
+    states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
+    classes: dict[str, int] = field(default_factory=dict)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+
+def model_region(
+    shape: tuple[int, ...],
+    mode: str,
+    field_crop: str = "square",
+    roi: list[int] | tuple[int, ...] = (),
+    roi_size: float = 0.5,
+) -> tuple[int, int, int, int]:
+    """The classified region (x, y, w, h) of a frame of the given shape."""
+    h, w = shape[:2]
+    if mode == "field":
+        if field_crop == "full":
+            return 0, 0, w, h
+        s = min(w, h)
+        return (w - s) // 2, (h - s) // 2, s, s
+    if roi:
+        x, y, rw, rh = (int(v) for v in roi)
+        x2, y2 = min(x + rw, w), min(y + rh, h)
+        if x2 - x < 8 or y2 - y < 8:
+            raise PipelineError(f"ROI {x},{y},{rw},{rh} lies outside the {w}x{h} frame")
+        return x, y, x2 - x, y2 - y
+    s = max(8, round(min(w, h) * roi_size))
+    return (w - s) // 2, (h - s) // 2, s, s
+
+
+def crop_region(frame: Frame, region: tuple[int, int, int, int], use_lores: bool) -> np.ndarray:
+    """The region of the frame; from the low-resolution copy when allowed and present."""
+    x, y, w, h = region
+    if use_lores and frame.lores is not None:
+        fh, fw = frame.image.shape[:2]
+        lh, lw = frame.lores.shape[:2]
+        sx, sy = lw / fw, lh / fh
+        x0, y0 = round(x * sx), round(y * sy)
+        x1, y1 = max(x0 + 1, round((x + w) * sx)), max(y0 + 1, round((y + h) * sy))
+        return frame.lores[y0:y1, x0:x1]
+    return frame.image[y : y + h, x : x + w]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Result:
+    """What the pipeline concluded about one frame."""
+
+    seq: int
+    frame: int
+    time: float
+    source: str
+    mode: str
+    model: str
+    state: str
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float]  # smoothed; empty when the frame was not classified
+    instant: dict[str, float]  # this frame alone; empty when not classified
+    latency_ms: float  # quality check + preprocessing + inference
+    e2e_ms: float  # capture -> result
+    quality: Quality
+    region: tuple[int, int, int, int]
+    window: int  # frames in the smoothing window
+    name: str | None = None
+
+    def top(self, k: int = 3) -> list[tuple[str, float, float]]:
+        """[(class, smoothed, instant)] for the k most probable (smoothed) classes."""
+        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+        return [(c, p, self.instant.get(c, 0.0)) for c, p in ranked]
+
+    def instant_top(self) -> tuple[str | None, float | None]:
+        if not self.instant:
+            return None, None
+        label = max(self.instant, key=self.instant.__getitem__)
+        return label, self.instant[label]
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object written to the log and served by the API."""
+        ilabel, iconf = self.instant_top()
+        record: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds"),
+            "frame": self.frame,
+            "source": self.source,
+            "mode": self.mode,
+            "class": self.label,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
+            "state": self.state,
+            "latency_ms": round(self.latency_ms, 2),
+            "model": self.model,
+            "instant": {
+                "class": ilabel,
+                "confidence": None if iconf is None else round(iconf, 4),
+                "probabilities": {k: round(v, 4) for k, v in self.instant.items()},
+            },
+            "window": self.window,
+            "e2e_ms": round(self.e2e_ms, 2),
+            "quality": self.quality.to_dict(),
+            "region": list(self.region),
+        }
+        if self.name is not None:
+            record["file"] = self.name
+        return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The hub that display and streaming read
+
+
+class FrameHub:
+    """The latest frame (updated at camera rate) and the latest result, with change waits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.seq = 0
+        self.frame: Frame | None = None
+        self.result: Result | None = None
+
+    def publish_frame(self, frame: Frame) -> None:
+        with self._cond:
+            self.frame = frame
+            self.seq += 1
+            self._cond.notify_all()
+
+    def publish_result(self, result: Result) -> None:
+        with self._cond:
+            self.result = result
+
+    def latest(self) -> tuple[int, Frame | None, Result | None]:
+        with self._cond:
+            return self.seq, self.frame, self.result
+
+    def wait_frame(self, after: int, timeout: float) -> tuple[int, Frame | None, Result | None]:
+        """Wait (up to timeout) for a frame newer than sequence number ``after``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.seq > after, timeout)
+            return self.seq, self.frame, self.result
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+@dataclass
+class PipelineSettings:
+    """What the pipeline needs from the configuration."""
+
+    mode: str = "field"
+    field_crop: str = "square"
+    roi: list[int] = field(default_factory=list)
+    roi_size: float = 0.5
+    window: int = 8
+    min_confidence: float = 0.6
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+    frames: int = 0  # stop after this many results (0 = never)
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PipelineSettings:
+        t = cfg.trust
+        return cls(
+            mode=cfg.inference.mode,
+            field_crop=cfg.inference.field_crop,
+            roi=list(cfg.inference.roi),
+            roi_size=cfg.inference.roi_size,
+            window=t.window,
+            min_confidence=t.min_confidence,
+            thresholds=QualityThresholds(
+                t.min_focus, t.dark_level, t.bright_level, t.max_dark_fraction,
+                t.max_bright_fraction,
+            ),
+            frames=cfg.inference.frames,
+            retry_initial_s=cfg.source.retry_initial_s,
+            retry_max_s=cfg.source.retry_max_s,
+        )
+
+
+Classify = Callable[[np.ndarray], np.ndarray]
+
+
+class Pipeline:
+    """Runs a source through a classifier on two threads; see the module docstring."""
+
+    def __init__(
+        self,
+        source: Source,
+        classifier: Any,
+        settings: PipelineSettings,
+        model_name: str = "lgld",
+        listeners: list[Callable[[Result], None]] | None = None,
+    ) -> None:
+        self.source = source
+        self.classifier = classifier
+        self.classes: list[str] = list(classifier.classes)
+        self.settings = settings
+        self.model_name = model_name
+        self.listeners = list(listeners or [])
+        self.batch = source.batch
+        self.slot = LatestSlot(lossless=self.batch)
+        self.smoother = Smoother(1 if self.batch else settings.window)
+        self.hub = FrameHub()
+        self.stats = Stats()
+        self.stats.classes = dict.fromkeys(self.classes, 0)
+        self.failure: BaseException | None = None
+        self.finished = threading.Event()
+        self.heartbeat = time.monotonic()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._results = 0
+
+    # -- control -------------------------------------------------------------------------------
+
+    def start(self) -> Pipeline:
+        self.stats.started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._capture_loop, name="lgld-capture", daemon=True),
+            threading.Thread(target=self._inference_loop, name="lgld-inference", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask both threads to end (returns at once; see join)."""
+        self._stop.set()
+        self.slot.close()
+        self.hub.wake()
+
+    def join(self, timeout: float = 5.0) -> bool:
+        """Wait for both threads; True when they ended."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def alive(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def region_for(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        s = self.settings
+        return model_region(shape, s.mode, s.field_crop, s.roi, s.roi_size)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self.stop()
+
+    # -- capture -------------------------------------------------------------------------------
+
+    def _capture_loop(self) -> None:
+        delay = self.settings.retry_initial_s
+        try:
+            while not self._stop.is_set():
+                try:
+                    frame = self.source.read()
+                except CameraLost as exc:
+                    if not self.source.live:
+                        raise
+                    self._reconnect(str(exc), delay)
+                    delay = min(delay * 2, self.settings.retry_max_s)
+                    continue
+                if frame is None:  # a finite source ended
+                    break
+                delay = self.settings.retry_initial_s
+                self.stats.frames += 1
+                self.stats.last_frame_mono = frame.mono
+                self.stats.camera_fps.tick(frame.mono)
+                self.hub.publish_frame(frame)
+                if not self.slot.put(frame):
+                    break
+        except Exception as exc:  # SourceError and anything unexpected
+            self._fail(exc)
+        finally:
+            self.slot.close()
+            with contextlib.suppress(Exception):
+                self.source.close()
+
+    def _reconnect(self, reason: str, delay: float) -> None:
+        """Close the lost source, wait, and try to reopen it once."""
+        self.stats.camera_ok = False
+        self.stats.camera_message = f"{reason}; retrying in {delay:g} s"
+        log.warning("camera lost: %s; retrying in %g s", reason, delay)
+        with contextlib.suppress(Exception):
+            self.source.close()
+        if self._stop.wait(delay):
+            return
+        try:
+            self.source.open()
+        except Exception as exc:  # stays lost; the next read() raises CameraLost again
+            self.stats.camera_message = f"reconnect failed: {str(exc)[:120]}"
+            log.warning("camera reconnect failed: %s", exc)
+            return
+        self.stats.reconnects += 1
+        self.stats.camera_ok = True
+        self.stats.camera_message = ""
+        log.warning("camera %s is back (reconnect #%d)", self.source.name, self.stats.reconnects)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _inference_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.heartbeat = time.monotonic()
+                frame = self.slot.get(timeout=0.2)
+                if frame is None:
+                    if self.slot.closed:
+                        break
+                    continue
+                result = self.process(frame)
+                self.hub.publish_result(result)
+                for listener in self.listeners:
+                    listener(result)
+                self._results += 1
+                if self.settings.frames and self._results >= self.settings.frames:
+                    break
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self.heartbeat = time.monotonic()
+            self._stop.set()
+            self.slot.close()
+            self.hub.wake()
+            self.finished.set()
+
+    def process(self, frame: Frame) -> Result:
+        """Quality gate, classification and smoothing for one frame."""
+        t0 = time.perf_counter()
+        region = self.region_for(frame.image.shape)
+        crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
+        quality = assess(crop, self.settings.thresholds)
+        probabilities: dict[str, float] = {}
+        instant: dict[str, float] = {}
+        label, confidence = None, None
+        if quality.state != OK:
+            self.smoother.reset()
+            state = quality.state
+        else:
+            probs = np.asarray(self.classifier.probabilities([crop])[0], dtype=np.float32)
+            smoothed = self.smoother.update(probs)
+            decision = decide(smoothed, self.classes, self.settings.min_confidence)
+            state, label, confidence = decision.state, decision.label, decision.confidence
+            probabilities = {c: float(p) for c, p in zip(self.classes, smoothed, strict=True)}
+            instant = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
+        latency = time.perf_counter() - t0
+        now = time.monotonic()
+        stats = self.stats
+        stats.results += 1
+        stats.states[state] = stats.states.get(state, 0) + 1
+        if label is not None:
+            stats.classes[label] = stats.classes.get(label, 0) + 1
+        stats.latency.observe(latency)
+        stats.inference_fps.tick(now)
+        stats.last_latency_ms = latency * 1000
+        stats.last_e2e_ms = (now - frame.mono) * 1000
+        return Result(
+            seq=stats.results,
+            frame=frame.index,
+            time=frame.time,
+            source=self.source.name,
+            mode=self.settings.mode,
+            model=self.model_name,
+            state=state,
+            label=label,
+            confidence=confidence,
+            probabilities=probabilities,
+            instant=instant,
+            latency_ms=latency * 1000,
+            e2e_ms=stats.last_e2e_ms,
+            quality=quality,
+            region=region,
+            window=len(self.smoother),
+            name=frame.name,
+        )
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and rates for /api/latest."""
+        s = self.stats
+        return {
+            "uptime_s": round(s.uptime(), 1),
+            "frames": s.frames,
+            "results": s.results,
+            "dropped": self.slot.dropped,
+            "camera_fps": round(s.camera_fps.rate(), 2),
+            "inference_fps": round(s.inference_fps.rate(), 2),
+            "latency_ms": round(s.last_latency_ms, 2),
+            "e2e_ms": round(s.last_e2e_ms, 2),
+            "camera_ok": s.camera_ok,
+            "camera_message": s.camera_message,
+            "reconnects": s.reconnects,
+            "states": dict(s.states),
+            "classes": dict(s.classes),
+        }

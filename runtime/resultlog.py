@@ -1,0 +1,137 @@
+"""The JSONL result log: one JSON object per line, nothing already classified is lost.
+
+Durability: the file is opened unbuffered, so each line reaches the operating system in one
+``write`` as soon as it is made (a crash of lgld-run loses nothing written); ``fsync`` forces it
+to the storage medium at most ``fsync_interval_s`` apart and on close (a power cut loses at most
+that much). Rotation: when a line would take the file past ``max_bytes`` it is renamed to
+``.1`` (older ones shift to ``.2`` ... ``.N``, the oldest is deleted) and a new file starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+class ResultLogError(RuntimeError):
+    """The log cannot be opened or written (one-line reason)."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def check_writable(path: str | Path) -> Path:
+    """Create the log's folder if needed and make sure a file can be appended there."""
+    path = Path(path).expanduser()
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResultLogError(f"log folder {folder} cannot be created: {_reason(exc)}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ResultLogError(f"log folder {folder} is not writable")
+    if path.is_dir():
+        raise ResultLogError(f"log path {path} is a folder, not a file")
+    return path
+
+
+class ResultLog:
+    """Append JSON lines to ``path`` with rotation; thread-safe."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        max_bytes: int = 10_000_000,
+        backups: int = 5,
+        fsync_interval_s: float = 5.0,
+    ) -> None:
+        self.path = check_writable(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.fsync_interval_s = fsync_interval_s
+        self.lines = 0
+        self._lock = threading.Lock()
+        self._last_sync = time.monotonic()
+        self._file = self._open()
+
+    def _open(self) -> Any:
+        try:
+            handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open for the run
+        except OSError as exc:
+            raise ResultLogError(f"cannot open log {self.path}: {_reason(exc)}") from None
+        try:
+            self._size = os.fstat(handle.fileno()).st_size
+        except OSError:
+            self._size = 0
+        return handle
+
+    def _rotate(self) -> None:
+        self._sync()
+        self._file.close()
+        try:
+            if self.backups > 0:
+                for n in range(self.backups - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{n}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ResultLogError(f"cannot rotate log {self.path}: {_reason(exc)}") from None
+        self._file = self._open()
+
+    def _sync(self) -> None:
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: e.g. a character device, nothing to sync
+                raise
+        self._last_sync = time.monotonic()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record as one line (flushed to the OS before returning)."""
+        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            if self._file is None:
+                raise ResultLogError(f"log {self.path} is closed")
+            try:
+                if self._size and self._size + len(data) > self.max_bytes:
+                    self._rotate()
+                view = memoryview(data)
+                while view:
+                    written = self._file.write(view)
+                    view = view[written:]
+                self._size += len(data)
+                self.lines += 1
+                if time.monotonic() - self._last_sync >= self.fsync_interval_s:
+                    self._sync()
+            except OSError as exc:
+                raise ResultLogError(f"cannot write log {self.path}: {_reason(exc)}") from None
+
+    def __call__(self, result: Any) -> None:
+        """Pipeline listener: log a Result."""
+        self.write(result.to_record())
+
+    def close(self) -> None:
+        """fsync and close (idempotent)."""
+        with self._lock:
+            handle, self._file = self._file, None
+            if handle is None:
+                return
+            with contextlib.suppress(OSError):
+                os.fsync(handle.fileno())
+            handle.close()
+
+    def __enter__(self) -> ResultLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,51 @@
+"""Resolve ``--model``: a shipped model by name (``all``, ``wbc5``) or a path.
+
+Shipped models live in the ``zoo/`` folder of the installed ``lgld.models`` package. That
+folder is found with ``importlib.util.find_spec`` only, so no ``lgld.models`` code (and no
+torch) is ever imported by the runtime.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from lgld.runtime.session import ModelLoadError
+
+ZOO = {
+    "all": "lgld-all.onnx",  # ALL leukemia, whole fields of view (field mode)
+    "wbc5": "lgld-wbc5.onnx",  # five white-cell types, single centred cells (roi mode)
+}
+
+
+def zoo_dir() -> Path | None:
+    """The installed lgld.models/zoo folder, or None when lgld.models is not installed."""
+    try:
+        spec = importlib.util.find_spec("lgld.models")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "zoo"
+
+
+def resolve_model(spec: str) -> Path:
+    """A zoo name or a path -> the .onnx path; ModelLoadError when a zoo model is missing."""
+    name = spec.strip()
+    if name.lower() in ZOO:
+        folder = zoo_dir()
+        if folder is None:
+            raise ModelLoadError(
+                f"model {name!r}: the model zoo (lgld.models) is not installed; pass --model PATH"
+            )
+        path = folder / ZOO[name.lower()]
+        if not path.is_file():
+            raise ModelLoadError(
+                f"model {name!r} is not built yet: {path} not found "
+                "(train and export it, or pass --model PATH to an .onnx file)"
+            )
+        return path
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"model not found: {path} (use all, wbc5 or a path to an .onnx file)")
+    return path

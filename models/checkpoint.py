@@ -169,3 +169,17 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def release_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a training checkpoint for distribution: weights and description only.
+
+    Drops the optimizer and RNG state (kept for ``--resume``) but keeps the run's identity
+    (data, recipe, seed, input size) so the model card can say how it was made.
+    """
+    ckpt = load_checkpoint(src)
+    run = ckpt.extra.get("run", {})
+    return save_checkpoint(
+        dst, ckpt.build_model(), ckpt.classes, ckpt.preprocess, ckpt.training,
+        extra={"run": run, "epoch": ckpt.extra.get("epoch", 0)},
+    )

@@ -85,3 +85,20 @@ def test_save_refuses_inconsistent_description(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="input size"):
         save_checkpoint(tmp_path / "m.pt", model, CLASSES, PreprocessSpec(input_size=64))
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_release_copy_drops_training_state(tmp_path: Path) -> None:
+    from lgld.models.checkpoint import release_copy
+
+    model = LGLDNet(num_classes=4, input_size=32)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.rand(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    save_checkpoint(tmp_path / "last.pt", model, CLASSES, PreprocessSpec(input_size=32),
+                    extra={"optimizer": opt.state_dict(), "run": {"seed": 1}, "epoch": 3})
+    release_copy(tmp_path / "last.pt", tmp_path / "release.pt")
+    rel = load_checkpoint(tmp_path / "release.pt")
+    assert "optimizer" not in rel.extra and rel.extra["run"] == {"seed": 1}
+    assert (tmp_path / "release.pt").stat().st_size < (tmp_path / "last.pt").stat().st_size
+    for k, v in load_checkpoint(tmp_path / "last.pt").state_dict.items():
+        assert torch.equal(v, rel.state_dict[k])

@@ -258,3 +258,21 @@ def test_bad_input_one_line_error(tmp_path: Path, capsys, case: str, make, needl
 def test_data_error_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown layout"):
         discover(tmp_path, "kaggle")
+
+
+def test_recalibrate_bn_uses_exact_batch_statistics() -> None:
+    import torch
+
+    from lgld.training.loop import recalibrate_bn
+
+    torch.manual_seed(0)
+    conv, bn = torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)
+    model = torch.nn.Sequential(conv, bn).eval()
+    bn.running_mean.fill_(5.0)  # stale statistics, as after fast-moving weights
+    batches = [(torch.rand(8, 3, 6, 6) * (i + 1), torch.zeros(8)) for i in range(3)]
+    recalibrate_bn(model, batches, torch.device("cpu"), max_batches=2)
+    with torch.no_grad():
+        feats = [conv(x) for x, _ in batches[:2]]
+    expected = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert not bn.training and bn.momentum == 0.1

@@ -25,6 +25,8 @@ from lgld.training.dataset import CachedDataset, ImageCache, SeededSampler, log
 from lgld.training.metrics import compute_metrics
 from lgld.training.recipes import Recipe
 
+BN_BATCHES = 24  # clean training batches used to re-estimate BatchNorm statistics per epoch
+
 
 @dataclass
 class TrainConfig:
@@ -113,6 +115,52 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
     return y_all, p_all, loss_sum / max(1, len(y_all))
 
 
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                   max_batches: int) -> None:
+    """Recompute BatchNorm running statistics as exact averages over clean training batches.
+
+    The exponential running averages lag behind fast-moving weights (e.g. the FFM's
+    scale-invariant real/imag scales under Adam), which makes eval-mode accuracy far worse
+    than the weights deserve; an exact re-estimate with the final weights fixes that.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over the batches seen
+        m.train()
+    for i, (x, _y) in enumerate(loader):
+        if i >= max_batches:
+            break
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            model(x.to(device, non_blocking=True))
+    for m, (momentum, training) in zip(bns, saved, strict=True):
+        m.momentum = momentum
+        m.train(training)
+
+
+# Identity fields added after the first release, with the value older runs implicitly had.
+_LATER_DEFAULTS = {"init": "", "color_jitter": 1.0}
+
+
+def same_run(saved: dict, current: dict) -> bool:
+    """Whether a saved run identity matches the current one (fields added later may be absent
+    from the saved one, if the current run uses their old implicit value)."""
+    for key, value in current.items():
+        if key not in saved:
+            if _LATER_DEFAULTS.get(key, object()) != value:
+                return False
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            if not same_run(saved[key], value):
+                return False
+        elif saved[key] != value:
+            return False
+    return not (set(saved) - set(current))
+
+
 class Trainer:
     """One run in RUN_DIR: split.json, log.jsonl, last.pt, best.pt, metrics and plots."""
 
@@ -160,7 +208,7 @@ class Trainer:
     def _resume(self) -> None:
         ckpt = load_checkpoint(self.out / "last.pt", expect_classes=self.classes)
         state = ckpt.extra
-        if state.get("run") != self.cfg.identity():
+        if not same_run(state.get("run") or {}, self.cfg.identity()):
             raise DataError(f"{self.out} holds a run with different settings; use another --out")
         self.model.set_input_size(ckpt.config.input_size)
         load_weights(self.model, ckpt.state_dict)
@@ -174,9 +222,13 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         log(f"resuming {self.out} after epoch {self.start_epoch}")
 
-    def _loader(self, part: str, size: int, train: bool, epoch: int = 0) -> DataLoader:
+    def _loader(
+        self, part: str, size: int, train: bool, epoch: int = 0, augment: bool = True
+    ) -> DataLoader:
+        """Shuffled and sharded when ``train``; augmented when ``train and augment``."""
         spec = PreprocessSpec(input_size=size)
-        ds = CachedDataset(self.caches[part], spec, train=train and self.cfg.recipe.augment,
+        ds = CachedDataset(self.caches[part], spec,
+                           train=train and augment and self.cfg.recipe.augment,
                            color=self.cfg.recipe.color_jitter)
         sampler = SeededSampler(
             len(ds), self.cfg.seed, shuffle=train, rank=self.rank if train else 0,
@@ -257,6 +309,10 @@ class Trainer:
             bar.close()
             if not self.main:
                 continue
+            self.model.eval()
+            clean = self._loader("train", size, train=True, epoch=epoch, augment=False)
+            recalibrate_bn(self.model, clean,
+                           self.device, max_batches=BN_BATCHES)
             y_val, p_val, val_loss = predict(self.model, self._loader("val", size, False),
                                              self.device)
             m = compute_metrics(y_val, p_val, self.classes)

@@ -29,10 +29,12 @@ def render(
     hardware: str, intended: str, limits: list[str],
 ) -> str:
     split = json.loads((run_dir / "split.json").read_text())
+    stages = run_stages(run_dir)
     history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    earlier = [h for st in stages[:-1] for h in st["history"]]
     best_epoch = max((h for h in history if h["input_size"] == history[-1]["input_size"]),
                      key=lambda h: h["val_macro_f1"])
-    seconds = sum(h["seconds"] for h in history)
+    seconds = sum(h["seconds"] for h in earlier + history)
     counts = ", ".join(f"{k} {v}" for k, v in split["counts"].items())
     lines = [
         f"# {title}",
@@ -52,11 +54,17 @@ def render(
         "",
         "## Training",
         "",
-        f"- Recipe `{best_run_recipe(run_dir)}`; {len(history)} epochs, input sizes "
-        f"{sorted({h['input_size'] for h in history})} (progressive resizing), best epoch "
-        f"{best_epoch['epoch']} by validation macro F1.",
-        f"- Wall time {seconds / 60:.1f} min on {hardware}.",
-        f"- Reproduce: `{reproduce_command(run_dir, split)}`",
+        *[
+            f"- Stage {i + 1}: recipe `{st['recipe']}`, {len(st['history'])} epochs at input "
+            f"sizes {sorted({h['input_size'] for h in st['history']})}"
+            + (f", initialised from stage {i}'s best checkpoint" if i else "")
+            + f"; {sum(h['seconds'] for h in st['history']) / 60:.0f} min."
+            for i, st in enumerate(stages)
+        ],
+        f"- Shipped: the last stage's best epoch ({best_epoch['epoch']}) by validation macro F1.",
+        f"- Wall time {seconds / 60:.1f} min in all on {hardware} (shared with other work).",
+        "- Reproduce: "
+        + " then ".join(f"`{st['command']}`" for st in stages),
         "",
         "## Validation metrics (exported ONNX model through the runtime's code, `lgld-eval`)",
         "",
@@ -102,21 +110,32 @@ def _perturb_rows(pert) -> list[tuple[str, str, float, float]]:
     return rows
 
 
-def best_run_recipe(run_dir: Path) -> str:
+def run_stages(run_dir: Path) -> list[dict]:
+    """The chain of runs behind run_dir (following --init), oldest first."""
     from lgld.models.checkpoint import load_checkpoint
 
-    return str(load_checkpoint(run_dir / "best.pt").training.get("recipe", "?"))
-
-
-def reproduce_command(run_dir: Path, split: dict) -> str:
-    from lgld.models.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(run_dir / "best.pt")
-    run = ckpt.extra.get("run", {})
-    recipe = run.get("recipe", {})
-    return (f"lgld-train --data {split['root']} --out RUN --input-size {run.get('input_size')} "
-            f"--epochs {recipe.get('epochs')} --recipe {recipe.get('name')} "
-            f"--seed {run.get('seed')} --workers 0")
+    stages: list[dict] = []
+    current: Path | None = run_dir
+    while current is not None:
+        ckpt = load_checkpoint(current / "best.pt")
+        run = ckpt.extra.get("run", {})
+        recipe = run.get("recipe", {})
+        history = [json.loads(x) for x in (current / "log.jsonl").read_text().splitlines()]
+        command = (
+            f"lgld-train --data {run.get('data')} --out {current.name} "
+            f"--input-size {run.get('input_size')} --epochs {recipe.get('epochs')} "
+            f"--recipe {recipe.get('name')} --seed {run.get('seed')} --workers 0"
+        )
+        if recipe.get("color_jitter", 1.0) != 1.0:
+            command += f" --color-jitter {recipe.get('color_jitter')}"
+        init = run.get("init") or ""
+        if init:
+            command += f" --init {Path(init).parent.name}/best.pt --split-file " \
+                       f"{Path(init).parent.name}/split.json"
+        stages.insert(0, {"recipe": recipe.get("name", "?"), "history": history,
+                          "command": command})
+        current = Path(init).parent if init else None
+    return stages
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,67 @@
+"""The shipped models: resolvable by name, self-consistent, and accurate on bundled val samples.
+
+The samples in tests/data/zoo_samples are the first 10 images per class of each model's own
+validation split (never trained on). A broken model, export or preprocessing change shows up
+here as an accuracy drop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lgld.runtime.preprocess import read_image
+from lgld.runtime.session import OnnxClassifier
+from lgld.runtime.zoo import ZOO, resolve_model
+
+SAMPLES = Path(__file__).resolve().parent / "data" / "zoo_samples"
+# name -> (sample folder, minimum accuracy on the bundled samples). Measured values are in the
+# model cards (models/zoo/*.md); the floors sit a little below them.
+EXPECTED = {"all": ("ALL", 0.90), "wbc5": ("WBC5", 0.80)}
+
+
+def _samples(folder: str) -> tuple[list[Path], list[str]]:
+    files = sorted(p for p in (SAMPLES / folder).glob("*/*.jpg"))
+    return files, [p.parent.name for p in files]
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_shipped_model_accuracy_on_bundled_samples(name: str) -> None:
+    folder, floor = EXPECTED[name]
+    model = OnnxClassifier(resolve_model(name), threads=1)
+    files, labels = _samples(folder)
+    assert sorted(set(labels)) == sorted(model.classes)
+    probs = model.probabilities([read_image(p) for p in files])
+    predicted = [model.classes[i] for i in probs.argmax(1)]
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)]))
+    assert accuracy >= floor, f"{name}: accuracy {accuracy:.3f} on bundled samples < {floor}"
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_shipped_model_matches_its_checkpoint(name: str) -> None:
+    torch = pytest.importorskip("torch")
+    from lgld.models.checkpoint import file_sha256, load_checkpoint
+    from lgld.runtime.preprocess import preprocess_batch
+
+    onnx_path = resolve_model(name)
+    ckpt_path = onnx_path.with_suffix(".pt")
+    model = OnnxClassifier(onnx_path, threads=1)
+    assert model.info.checkpoint_sha256 == file_sha256(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, expect_classes=model.classes)
+    assert ckpt.preprocess == model.info.preprocess
+    files, _ = _samples(EXPECTED[name][0])
+    batch = preprocess_batch([read_image(p) for p in files[::5]], ckpt.preprocess)
+    with torch.no_grad():
+        expected = ckpt.build_model()(torch.from_numpy(batch)).numpy()
+    assert np.abs(model.logits(batch) - expected).max() <= 1e-4
+    assert "val" in model.info.training and model.info.training["val"]["accuracy"] > 0.5
+
+
+def test_model_cards_exist_and_cite_the_data() -> None:
+    for onnx_name in ZOO.values():
+        card = (resolve_model("all").parent / onnx_name).with_suffix(".md")
+        text = card.read_text()
+        assert "not a diagnostic device" in text
+        assert "Acevedo" in text or "Taleqani" in text

@@ -18,8 +18,8 @@ from lgld.runtime.zoo import ZOO, resolve_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "zoo_samples"
 # name -> (sample folder, minimum accuracy on the bundled samples). Measured values are in the
-# model cards (models/zoo/*.md); the floors sit a little below them.
-EXPECTED = {"all": ("ALL", 0.90), "wbc5": ("WBC5", 0.80)}
+# shipped models: ALL 95.0%, WBC5 94.0% (lgld-eval on tests/data/zoo_samples); floors below.
+EXPECTED = {"all": ("ALL", 0.90), "wbc5": ("WBC5", 0.88)}
 
 
 def _samples(folder: str) -> tuple[list[Path], list[str]]:

@@ -1,0 +1,164 @@
+"""lgld-bench: a tiny end-to-end run, ratios from the measured medians, the torch-free path."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lgld.export import export_model  # noqa: E402
+from lgld.export.bench import aggregate_profile, main, summarize_rss  # noqa: E402
+from lgld.models.lgld_net import LGLDNet  # noqa: E402
+
+FAST = ["--repeats", "3", "--warmup", "1", "--pipeline-seconds", "1.5", "--peak-size", "128",
+        "--threads", "1"]
+TIMED = ("reference", "torch", "onnx", "pipeline")
+
+NO_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+from lgld.export.bench import main
+code = main(sys.argv[1:] + ["--input-size", "48"])  # re-export without torch: refused
+print("input-size exit", code, flush=True)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
+    torch.manual_seed(0)
+    export_model(LGLDNet(num_classes=4, input_size=32), list("abcd"), None, path)
+    return path
+
+
+def _rows(report: dict) -> dict[str, dict]:
+    assert len(report["tables"]) == 1
+    return {row["key"]: row for row in report["tables"][0]["rows"]}
+
+
+def test_bench_measures_every_row_and_derives_ratios_from_medians(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--model", str(tiny_model), *FAST, "--profile", "--menu", "32,24", "--json", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    rows = _rows(report)
+    assert set(rows) == {"reference", "torch", "onnx", "pipeline", "peak"}
+    row1 = rows["reference"]["median_ms"]
+    peak = rows["peak"]["gmacs"]
+    assert peak > 0 and rows["peak"]["n"] == 5
+    for key in TIMED:
+        row = rows[key]
+        assert not row["skipped"] and row["n"] >= 2, row
+        assert row["median_ms"] == pytest.approx(statistics.median(row["samples_ms"]), abs=1e-3)
+        assert row["ratio_vs_row1"] == pytest.approx(row1 / row["median_ms"], rel=1e-9)
+        assert row["gmacs"] == pytest.approx(report["settings"]["macs"] * row["fps"] / 1e9)
+        assert row["pct_of_peak"] == pytest.approx(100 * row["gmacs"] / peak)
+    assert rows["onnx"]["fps"] == pytest.approx(1000 / rows["onnx"]["median_ms"])
+    assert rows["reference"]["ratio_vs_row1"] == 1.0
+    table = report["tables"][0]
+    assert table["outputs"]["checked"] and table["outputs"]["ok"]
+    assert table["outputs"]["max_abs_diff_vs_reference"] <= 1e-4
+    assert set(table["pipeline"]["stages"]) == {
+        "capture", "quality gate", "preprocess", "inference", "smoothing", "overlay",
+        "JPEG encode"}
+    assert {t["target"]: t["status"] in ("PASS", "FAIL") for t in table["targets"]} == {
+        "speedup": True, "pipeline": True}
+    assert "random" in report["settings"]["weights"]  # no checkpoint next to the tiny model
+    assert report["machine"]["onnxruntime"] and report["machine"]["torch"]
+    menu = report["menu"][0]["sizes"]
+    assert [e["input_size"] for e in menu] == [32, 24]
+    assert menu[0]["macs"] > menu[1]["macs"] and all(e["median_ms"] > 0 for e in menu)
+    ops = {op["op"] for op in report["profile"]["ops"]}
+    assert "Conv" in ops and "Gather" not in ops
+    assert sum(op["share"] for op in report["profile"]["ops"]) == pytest.approx(1.0)
+
+
+def test_without_torch_the_torch_rows_are_skipped_with_a_note(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "notorch.json"
+    args = ["--model", str(tiny_model), *FAST, "--pipeline-seconds", "0", "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "input-size exit 1" in proc.stdout
+    assert "lgld-bench: error: --input-size 48 differs" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["machine"]["torch"] is None
+    rows = _rows(report)
+    for key in ("reference", "torch"):
+        assert rows[key]["skipped"] and "torch" in rows[key]["note"]
+        assert rows[key]["median_ms"] is None
+    assert rows["onnx"]["n"] == 3 and rows["onnx"]["ratio_vs_row1"] is None
+    assert rows["onnx"]["gmacs"] > 0  # MACs counted on the ONNX graph
+    targets = {t["target"]: t["status"] for t in report["tables"][0]["targets"]}
+    assert targets == {"speedup": "SKIP", "pipeline": "SKIP"}
+    assert "rows 1-2 skipped" in proc.stdout
+
+
+def test_profile_aggregation_skips_warmup_runs() -> None:
+    def node(op: str, ts: int, dur: int) -> dict:
+        return {"cat": "Node", "name": f"{op}_kernel_time", "ts": ts, "dur": dur,
+                "args": {"op_name": op}}
+
+    events = [
+        {"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+        node("Conv", 1, 1000),  # warm-up run: ignored
+        {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+        node("Conv", 201, 30), node("Gather", 210, 10), node("Gather", 220, 0),
+        {"cat": "Session", "name": "model_run", "ts": 400, "dur": 100},
+        node("Conv", 401, 50), node("Gather", 410, 10),
+    ]
+    report = aggregate_profile(events, skip_runs=1)
+    assert report["runs"] == 2
+    ops = {op["op"]: op for op in report["ops"]}
+    assert ops["Conv"]["ms_per_run"] == pytest.approx(0.040)
+    assert ops["Gather"]["share"] == pytest.approx(20 / 100)
+    assert ops["Gather"]["nodes_per_run"] == 1.5
+    assert report["ops"][0]["op"] == "Conv"
+
+
+def test_rss_summary_flags_growth() -> None:
+    flat = [(t * 0.5, 120.0 + (0.3 if t % 2 else 0.0)) for t in range(100)]
+    growing = [(t * 0.5, 120.0 + 2.0 * t) for t in range(100)]
+    ok = summarize_rss(flat, 1000, "demo")
+    assert ok["flat"] and ok["under_limit"] and ok["max_mb"] == pytest.approx(120.3)
+    bad = summarize_rss(growing, 1000, "demo")
+    assert not bad["flat"] and not bad["under_limit"]
+    assert bad["slope_mb_per_min"] == pytest.approx(240.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "/nonexistent/model.onnx"], "model not found"),
+        (["--threads", "0"], "--threads values must be >= 1"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--input-size", "33"], "--input-size must be an even number"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_is_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith("lgld-bench: error: ") and message in err
+    assert err.count("\n") == 1

@@ -47,9 +47,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from lgld.export import run_cli
 from lgld.runtime.modelinfo import PREFIX, ModelInfo
 from lgld.runtime.preprocess import preprocess, read_image
-from lgld.runtime.session import ModelLoadError, OnnxClassifier, default_threads, session_options
+from lgld.runtime.session import OnnxClassifier, default_threads, session_options
 
 PROG = "lgld-bench"
 ATOL = 1e-4  # max |logit difference| for "outputs unchanged"
@@ -1174,20 +1175,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one clear line, never a traceback
-        if os.environ.get("LGLD_DEBUG"):
-            raise
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        known = (BenchError, ModelLoadError, ValueError, OSError)
-        if not isinstance(exc, known) and type(exc).__name__ != "ExportError":
-            text = f"unexpected {type(exc).__name__}: {text}"
-        print(f"{PROG}: error: {text}", file=sys.stderr)
-        return 1
+    return run_cli(PROG, run, args, (BenchError,))
 
 
 if __name__ == "__main__":

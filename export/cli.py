@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
+
+from lgld.export import run_cli
 
 PROG = "lgld-export"
 
@@ -119,24 +120,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one clear line, never a traceback
-        if os.environ.get("LGLD_DEBUG"):
-            raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    from lgld.export import ExportError
-
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    known = (ExportError, ValueError, OSError)  # CheckpointError, ImageError, ... are ValueErrors
-    return text if isinstance(exc, known) else f"unexpected {type(exc).__name__}: {text}"
+    return run_cli(PROG, run, args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from lgld.training.data import (
     LAYOUTS,
     DataError,
     discover,
+    limit_per_class,
     load_split,
     make_split,
     verify_items,
@@ -56,18 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _limit(found, n: int | None):
-    if not n:
-        return found
-    kept, counts = [], {}
-    for it in found.pool:
-        if counts.get(it.label, 0) < n:
-            kept.append(it)
-            counts[it.label] = counts.get(it.label, 0) + 1
-    found.pool = kept
-    return found
-
-
 def run_training(args: argparse.Namespace) -> int:
     from lgld.models.checkpoint import CheckpointError
     from lgld.training.loop import TrainConfig, Trainer
@@ -97,7 +86,8 @@ def run_training(args: argparse.Namespace) -> int:
             for items in split.parts.values():
                 verify_items(split.root, items)
         else:
-            found = _limit(discover(args.data, args.layout), args.limit_per_class)
+            found = discover(args.data, args.layout)
+            found.pool = limit_per_class(found.pool, args.limit_per_class)
             val = args.val_fraction if args.val_fraction is not None else (
                 0.2 if found.test else 0.1)
             split = make_split(found, val, args.test_fraction, args.seed)

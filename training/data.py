@@ -134,6 +134,19 @@ def discover(root: str | os.PathLike, layout: str = "auto") -> Discovered:
     )
 
 
+def limit_per_class(items: list[Item], n: int | None) -> list[Item]:
+    """The first ``n`` items of each class, in order (all of them when ``n`` is falsy)."""
+    if not n:
+        return items
+    counts: dict[str, int] = defaultdict(int)
+    kept = []
+    for it in items:
+        if counts[it.label] < n:
+            kept.append(it)
+            counts[it.label] += 1
+    return kept
+
+
 @dataclass
 class Split:
     """A reproducible split of a data folder into named parts."""

@@ -30,6 +30,7 @@ from lgld.training.data import (
     DataError,
     Item,
     discover,
+    limit_per_class,
     load_split,
     sha256_file,
     verify_items,
@@ -97,18 +98,6 @@ def _load_torch(path: Path, threads: int | None) -> Model:
     })
 
 
-def _limit(items: list[Item], n: int | None) -> list[Item]:
-    if not n:
-        return items
-    counts: dict[str, int] = {}
-    kept = []
-    for it in items:
-        if counts.get(it.label, 0) < n:
-            kept.append(it)
-            counts[it.label] = counts.get(it.label, 0) + 1
-    return kept
-
-
 def collect(args: argparse.Namespace) -> tuple[Path, list[Item], dict]:
     """The images to evaluate: a split of a split file, or everything in the data folder."""
     if args.split_file:
@@ -125,7 +114,7 @@ def collect(args: argparse.Namespace) -> tuple[Path, list[Item], dict]:
         found = discover(args.data, args.layout)
         root, layout = found.root, found.layout
         items = found.test if found.test else found.pool  # raabin layout: the TestA set
-    items = _limit(list(items), args.limit_per_class)
+    items = limit_per_class(list(items), args.limit_per_class)
     if args.split_file:
         verify_items(root, items)
     if not items:

@@ -94,20 +94,13 @@ def render(
     return "\n".join(lines)
 
 
-def _perturb_rows(pert) -> list[tuple[str, str, float, float]]:
-    rows = []
-    if isinstance(pert, dict):
-        for name, sev in pert.items():
-            if isinstance(sev, dict) and "accuracy" in sev:
-                rows.append((name, "", sev["accuracy"], sev.get("macro_f1", float("nan"))))
-                continue
-            for level, m in (sev or {}).items():
-                rows.append((name, level, m["accuracy"], m.get("macro_f1", float("nan"))))
-    else:
-        for m in pert:
-            rows.append((m.get("name", m.get("perturbation", "?")), str(m.get("severity", "")),
-                         m["accuracy"], m.get("macro_f1", float("nan"))))
-    return rows
+def _perturb_rows(pert: dict) -> list[tuple[str, str, float, float]]:
+    """lgld-eval's ``perturbations``: {name: {severity: {accuracy, macro_f1}}} -> table rows."""
+    return [
+        (name, level, m["accuracy"], m["macro_f1"])
+        for name, levels in pert.items()
+        for level, m in levels.items()
+    ]
 
 
 def run_stages(run_dir: Path) -> list[dict]:

@@ -9,7 +9,8 @@ machine, batch 1, with the same thread count for every row:
 3. lgld's ONNX model through the runtime's own ``OnnxClassifier`` (and its INT8 version, if
    one is given or lies next to the model);
 4. the end-to-end live pipeline: the runtime's demo source at 640x480, its ``Pipeline``
-   (capture thread, quality gate, preprocessing, inference, smoothing) and one MJPEG viewer
+   (capture thread: capture, quality gate, preprocessing; inference thread: inference,
+   smoothing) and one MJPEG viewer
    (overlay + JPEG encode at <= 30 fps), in results per second; plus the time per stage with
    every stage called in sequence;
 5. the machine's fp32 multiply-add peak (SGEMM, :mod:`lgld.export.peak`) and each row's
@@ -20,7 +21,8 @@ change in background load hits every row alike and the ratios stay meaningful on
 machine. torch is optional: without it (e.g. on a Raspberry Pi) rows 1-2 are skipped with a
 note. ``--profile`` adds an ONNX Runtime profile by op type; ``--study`` exports and times the
 paper-style model and each of lgld's export rewrites in turn; ``--rss-frames N`` runs the real
-``lgld-run --source demo --frames N`` and watches its resident memory.
+``lgld-run --source demo --frames N`` and watches its resident memory; ``--menu`` times models
+at several input sizes with their validation accuracy (:mod:`lgld.export.menu`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import platform
 import statistics
@@ -48,8 +49,16 @@ import numpy as np
 import onnxruntime as ort
 
 from lgld.export import run_cli
-from lgld.runtime.modelinfo import PREFIX, ModelInfo
-from lgld.runtime.preprocess import preprocess, read_image
+from lgld.export.measure import (
+    median_ci,
+    onnx_macs,
+    percentile,
+    sample_images,
+    time_interleaved,
+)
+from lgld.export.menu import MenuError, format_menu, parse_menu, run_menu
+from lgld.runtime.modelinfo import ModelInfo
+from lgld.runtime.preprocess import preprocess
 from lgld.runtime.session import OnnxClassifier, default_threads, session_options
 
 PROG = "lgld-bench"
@@ -61,7 +70,6 @@ RSS_FLAT_MB = 5.0  # steady-state growth allowed over the whole run
 FRAME_SIZE = (640, 480)
 STREAM_MAX_FPS = 30.0  # one MJPEG viewer, capped like lgld-run's http.stream_max_fps default
 MAX_CAMERA_FPS = 120.0
-ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 
 
 class BenchError(RuntimeError):
@@ -95,36 +103,6 @@ class Row:
     @property
     def fps(self) -> float | None:
         return 1000.0 / self.median_ms if self.median_ms else None
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in 0..100."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def median_ci(values: list[float]) -> tuple[float, float]:
-    """Distribution-free ~95% confidence interval of the median (order statistics)."""
-    s = sorted(values)
-    n = len(s)
-    half = 0.98 * math.sqrt(n)
-    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
-    return s[lo], s[max(lo, hi)]
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], Any]], warmup: int, repeats: int
-) -> dict[str, list[float]]:
-    """Warm every function up, then time one call of each per round; ms per call."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {key: [] for key in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[key].append((time.perf_counter() - t0) * 1e3)
-    return samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +217,15 @@ def _export(model: Any, info: ModelInfo, size: int, out: Path) -> Path:
     return out
 
 
+def _export_size(m: Models, size: int, tmp: Path) -> tuple[Path, int]:
+    """m's PyTorch weights exported at ``size`` px; (path, MACs at that size)."""
+    from lgld.models.macs import count_macs
+
+    model = copy.deepcopy(m.torch_model)
+    model.set_input_size(size)
+    return _export(model, m.info, size, tmp / f"menu-{size}.onnx"), count_macs(model).total
+
+
 def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
     """Resolve the model, find matching weights and build what every row needs."""
     torch = _torch()
@@ -340,61 +327,6 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
         notes.append(f"output check skipped: lgld.export unavailable ({exc})")
     m.notes = notes
     return m
-
-
-def onnx_macs(path: Path, info: ModelInfo) -> tuple[int | None, str]:
-    """MACs without torch: from the export metadata, else counted on the graph (needs onnx)."""
-    try:
-        props = ort.InferenceSession(
-            str(path), providers=["CPUExecutionProvider"]
-        ).get_modelmeta().custom_metadata_map
-        export = json.loads(props.get(PREFIX + "export", "{}"))
-        if isinstance(export.get("macs"), int | float):
-            return int(export["macs"]), "model metadata"
-    except (ValueError, TypeError, RuntimeError):
-        pass
-    try:
-        return graph_macs(path), "counted on the ONNX graph (after export rewrites)"
-    except ImportError:
-        return None, "unknown (no torch, no onnx, none in the metadata)"
-
-
-def graph_macs(path: Path) -> int:
-    """Multiply-adds of Conv/Gemm/MatMul nodes, from ONNX shape inference (batch 1)."""
-    import onnx
-    from onnx import numpy_helper, shape_inference
-
-    model = shape_inference.infer_shapes(onnx.load(str(path)))
-    g = model.graph
-    shapes: dict[str, list[int]] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-    for init in g.initializer:
-        shapes[init.name] = list(numpy_helper.to_array(init).shape)
-    total = 0
-    for node in g.node:
-        out = shapes.get(node.output[0])
-        if out is None:
-            continue
-        if node.op_type == "Conv":
-            w = shapes.get(node.input[1])
-            if w:
-                total += int(np.prod(out)) * int(np.prod(w[1:]))
-        elif node.op_type in ("Gemm", "MatMul"):
-            a = shapes.get(node.input[0])
-            if a:
-                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-                total += int(np.prod(out)) * (a[-2] if trans_a else a[-1])
-    return total
-
-
-def sample_images(size: int) -> list[np.ndarray]:
-    """The runtime's bundled sample images (BGR), else a fixed random image."""
-    files = sorted(ASSETS.glob("*.jpg"))
-    if files:
-        return [read_image(f) for f in files]
-    return [np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,42 +667,6 @@ def format_study(study: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The size menu: the same weights exported at several input sizes, timed interleaved
-
-
-def run_menu(m: Models, sizes: list[int], threads: int, warmup: int, repeats: int,
-             tmp: Path) -> dict[str, Any]:
-    """Export ``m.torch_model``'s weights at each size and time the ONNX models interleaved."""
-    from lgld.models.macs import count_macs
-
-    entries, fns = [], {}
-    for size in sizes:
-        model = copy.deepcopy(m.torch_model)
-        model.set_input_size(size)
-        path = _export(model, m.info, size, tmp / f"menu-{size}.onnx")
-        clf = OnnxClassifier(path, threads=threads)
-        x = preprocess(sample_images(size)[0], clf.info.preprocess)
-        fns[str(size)] = (lambda c=clf, v=x: c.logits(v))
-        entries.append({"input_size": size, "macs": count_macs(model).total})
-    samples = time_interleaved(fns, warmup, repeats)
-    for entry in entries:
-        v = samples[str(entry["input_size"])]
-        entry.update(median_ms=statistics.median(v), p90_ms=percentile(v, 90),
-                     fps=1000.0 / statistics.median(v))
-    return {"threads": threads, "weights": m.weights, "sizes": entries}
-
-
-def format_menu(menu: dict[str, Any]) -> str:
-    lines = [f"size menu: lgld ONNX fp32 through the runtime session, {menu['threads']} "
-             "thread(s), sizes timed interleaved",
-             f"  {'size':>5}{'GMACs':>8}{'median ms':>11}{'p90 ms':>9}{'FPS':>8}"]
-    for e in menu["sizes"]:
-        lines.append(f"  {e['input_size']:>5}{e['macs'] / 1e9:>8.3f}{e['median_ms']:>11.2f}"
-                     f"{e['p90_ms']:>9.2f}{e['fps']:>8.1f}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
 # Resident memory of the real lgld-run
 
 
@@ -1034,18 +930,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
 
 
-def parse_sizes(text: str | None) -> list[int]:
-    if not text:
-        return []
-    try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BenchError(f"--menu wants comma-separated sizes, got {text!r}") from None
-    if not sizes or any(n < 16 or n % 2 for n in sizes):
-        raise BenchError(f"--menu sizes must be even numbers >= 16, got {text!r}")
-    return sizes
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
@@ -1077,9 +961,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", action="store_true",
                    help="export and time the paper-style model and each export rewrite in turn "
                    "(needs torch, onnx, onnxsim)")
-    p.add_argument("--menu", metavar="224,192,...",
-                   help="also time the model's weights exported at these input sizes, "
-                   "interleaved (the speed side of the accuracy/speed menu; needs torch)")
+    p.add_argument("--menu", metavar="all,all-160,...|224,...",
+                   help="also time these models (zoo names or .onnx paths; with the validation "
+                   "accuracy recorded in each) interleaved; a number N re-exports the model's "
+                   "weights at N px instead (speed only; needs torch)")
     p.add_argument("--rss-frames", type=int, default=0, metavar="N",
                    help="run lgld-run --source demo --frames N and check its resident memory "
                    "(0 = off; the issue's check is 10000)")
@@ -1089,7 +974,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     threads = parse_threads(args.threads)
-    menu_sizes = parse_sizes(args.menu)
+    try:
+        menu_items = parse_menu(args.menu, resolve_model_path)
+    except MenuError as exc:
+        raise BenchError(str(exc)) from None
     for flag, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
                              ("--peak-size", args.peak_size, 0),
                              ("--rss-frames", args.rss_frames, 0)):
@@ -1142,11 +1030,16 @@ def run(args: argparse.Namespace) -> int:
                     report["profile_reference_plain_export"] = prof
                     print(format_profile(prof, "ONNX Runtime profile of the plain export of the "
                                                "paper-style reference"))
-        if menu_sizes:
-            if m.torch_model is None:
-                raise BenchError("--menu needs torch and lgld.export to re-export the model")
-            report["menu"] = [run_menu(m, menu_sizes, n, args.warmup, args.repeats, tmp)
-                              for n in threads]
+        if menu_items:
+            export_at = None
+            if m.torch_model is not None:
+                def export_at(size: int) -> tuple[Path, int]:
+                    return _export_size(m, size, tmp)
+            try:
+                report["menu"] = [run_menu(menu_items, n, args.warmup, args.repeats, export_at)
+                                  for n in threads]
+            except MenuError as exc:
+                raise BenchError(str(exc)) from None
             for menu in report["menu"]:
                 print(format_menu(menu), flush=True)
         if args.rss_frames:

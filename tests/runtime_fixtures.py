@@ -36,7 +36,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 
 
 class FakeClassifier:
-    """OnnxClassifier's surface: classes and probabilities(list of BGR) -> (N, C)."""
+    """OnnxClassifier's surface: classes, prepare(list of BGR) and predict(batch) -> (N, C)."""
 
     def __init__(self, probs=(0.1, 0.7, 0.1, 0.1), delay: float = 0.0, on_call=None) -> None:
         self.classes = list(CLASSES)
@@ -45,13 +45,19 @@ class FakeClassifier:
         self.on_call = on_call
         self.calls = 0
 
-    def probabilities(self, images):
+    def prepare(self, images):
+        return np.stack([np.asarray(im.shape, np.float32) for im in images])
+
+    def predict(self, batch):
         self.calls += 1
         if self.on_call:
             self.on_call()
         if self.delay:
             time.sleep(self.delay)
-        return np.tile(self.probs, (len(images), 1))
+        return np.tile(self.probs, (len(batch), 1))
+
+    def probabilities(self, images):
+        return self.predict(self.prepare(images))
 
 
 def sample_image(name: str = "all-pre") -> np.ndarray:

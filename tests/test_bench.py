@@ -45,16 +45,29 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def trained_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24 px model whose metadata records validation metrics, like a shipped model."""
+    path = tmp_path_factory.mktemp("bench") / "tiny24.onnx"
+    torch.manual_seed(1)
+    training = {"dataset": "tiny", "split_counts": {"train": 80, "val": 20},
+                "val": {"accuracy": 0.85, "macro_f1": 0.8125}}
+    export_model(LGLDNet(num_classes=4, input_size=24), list("abcd"), None, path,
+                 training=training)
+    return path
+
+
 def _rows(report: dict) -> dict[str, dict]:
     assert len(report["tables"]) == 1
     return {row["key"]: row for row in report["tables"][0]["rows"]}
 
 
 def test_bench_measures_every_row_and_derives_ratios_from_medians(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, trained_tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    args = ["--model", str(tiny_model), *FAST, "--profile", "--menu", "32,24", "--json", str(out)]
+    args = ["--model", str(tiny_model), *FAST, "--profile", "--menu",
+            f"32,24,{trained_tiny_model}", "--json", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
     rows = _rows(report)
@@ -82,18 +95,24 @@ def test_bench_measures_every_row_and_derives_ratios_from_medians(
     assert "random" in report["settings"]["weights"]  # no checkpoint next to the tiny model
     assert report["machine"]["onnxruntime"] and report["machine"]["torch"]
     menu = report["menu"][0]["sizes"]
-    assert [e["input_size"] for e in menu] == [32, 24]
+    assert [e["input_size"] for e in menu] == [32, 24, 24]
     assert menu[0]["macs"] > menu[1]["macs"] and all(e["median_ms"] > 0 for e in menu)
+    assert "val_accuracy" not in menu[0], "re-exported weights claim no accuracy"
+    shipped = menu[2]
+    assert shipped["model"] == str(trained_tiny_model) and shipped["macs"] > 0
+    assert (shipped["val_accuracy"], shipped["val_macro_f1"], shipped["val_images"]) == (
+        0.85, 0.8125, 20)
     ops = {op["op"] for op in report["profile"]["ops"]}
     assert "Conv" in ops and "Gather" not in ops
     assert sum(op["share"] for op in report["profile"]["ops"]) == pytest.approx(1.0)
 
 
 def test_without_torch_the_torch_rows_are_skipped_with_a_note(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, trained_tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "notorch.json"
-    args = ["--model", str(tiny_model), *FAST, "--pipeline-seconds", "0", "--json", str(out)]
+    args = ["--model", str(tiny_model), *FAST, "--pipeline-seconds", "0", "--json", str(out),
+            "--menu", str(trained_tiny_model)]
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -111,6 +130,7 @@ def test_without_torch_the_torch_rows_are_skipped_with_a_note(
     targets = {t["target"]: t["status"] for t in report["tables"][0]["targets"]}
     assert targets == {"speedup": "SKIP", "pipeline": "SKIP"}
     assert "rows 1-2 skipped" in proc.stdout
+    assert report["menu"][0]["sizes"][0]["val_accuracy"] == 0.85  # menu of models: no torch
 
 
 def test_profile_aggregation_skips_warmup_runs() -> None:

@@ -15,7 +15,7 @@ from lgld.runtime.overlay import OverlayInfo, draw_overlay
 from lgld.runtime.pipeline import Result, model_region
 from lgld.runtime.quality import Quality
 from lgld.runtime.resultlog import ResultLog, ResultLogError
-from lgld.runtime.session import ModelLoadError
+from lgld.runtime.session import ModelLoadError, session_options
 
 # -- result log --------------------------------------------------------------------------------
 
@@ -176,3 +176,11 @@ def test_preview_only_with_a_display_outside_systemd_and_with_gui(monkeypatch):
     ok, why = preview.preview_possible("auto")
     assert not ok and "systemd" in why
     assert preview.preview_possible("on")[0], "asked for explicitly"
+
+
+@pytest.mark.parametrize(("threads", "spin"), [(1, "0"), (2, "1"), (4, "1")])
+def test_thread_pool_spins_only_when_it_has_workers(threads, spin):
+    so = session_options(threads)
+    assert so.intra_op_num_threads == threads
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == spin
+    assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"

@@ -163,6 +163,27 @@ def test_slow_inference_keeps_up_with_a_fast_camera_by_dropping():
     assert source.closed
 
 
+def test_gate_and_preprocessing_run_on_the_capture_thread_beside_inference():
+    threads: dict[str, set[str]] = {"prepare": set(), "predict": set()}
+
+    class Recorder(FakeClassifier):
+        def prepare(self, images):
+            threads["prepare"].add(threading.current_thread().name)
+            return super().prepare(images)
+
+        def predict(self, batch):
+            threads["predict"].add(threading.current_thread().name)
+            return super().predict(batch)
+
+    results = []
+    pipeline = Pipeline(ListSource([sample_image("all-pre")] * 20, interval=0.002),
+                        Recorder(delay=0.005), PipelineSettings(), listeners=[results.append])
+    run_to_end(pipeline)
+    assert results and all(r.state in ("ok", "uncertain") for r in results)
+    assert threads == {"prepare": {"lgld-capture"}, "predict": {"lgld-inference"}}
+    assert all(r.latency_ms >= 5.0 for r in results), "latency covers preparation + inference"
+
+
 def test_batch_source_classifies_every_frame_exactly_once():
     images = [sample_image(n) for n in ("all-benign", "all-early", "all-pre", "all-pro")] * 3
     source = ListSource(images, batch=True)
@@ -259,9 +280,9 @@ def test_roi_mode_classifies_the_roi_crop():
     crops = []
 
     class Recorder(FakeClassifier):
-        def probabilities(self, images):
+        def prepare(self, images):
             crops.extend(images)
-            return super().probabilities(images)
+            return super().prepare(images)
 
     pipeline = Pipeline(ListSource([frame_image]), Recorder(),
                         PipelineSettings(mode="roi", roi=[100, 50, 100, 100]))

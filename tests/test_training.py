@@ -276,3 +276,37 @@ def test_recalibrate_bn_uses_exact_batch_statistics() -> None:
     expected = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
     assert torch.allclose(bn.running_mean, expected, atol=1e-5)
     assert not bn.training and bn.momentum == 0.1
+
+
+def test_model_card_follows_init_through_runs_and_shipped_copies(tmp_path: Path) -> None:
+    from lgld.models.checkpoint import release_copy, save_checkpoint
+    from lgld.models.lgld_net import LGLDNet
+    from lgld.runtime.preprocess import PreprocessSpec
+    from lgld.training.modelcard import run_stages
+
+    def fake_run(name: str, recipe: str, size: int, init: str = "") -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        meta = {"data": "ALL", "recipe": {"name": recipe, "epochs": 2}, "input_size": size,
+                "seed": 42, "init": init}
+        save_checkpoint(run / "best.pt", LGLDNet(input_size=size), list("abcd"),
+                        PreprocessSpec(input_size=size), extra={"run": meta, "epoch": 2})
+        (run / "log.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "input_size": size, "seconds": 60.0}) + "\n"
+            for e in (1, 2)))
+        return run
+
+    first = fake_run("stage1", "default", 32)
+    second = fake_run("stage2", "finetune", 32, init=str(first / "best.pt"))
+    shipped = release_copy(second / "best.pt", tmp_path / "zoo" / "shipped.pt")
+    menu = fake_run("menu48", "finetune", 48, init=str(shipped))
+
+    chain = run_stages(second)
+    assert [s["recipe"] for s in chain] == ["default", "finetune"]
+    assert "--init stage1/best.pt --split-file stage1/split.json" in chain[1]["command"]
+    alone = run_stages(menu)
+    assert len(alone) == 1 and f"--init {shipped}" in alone[0]["command"]
+    full = run_stages(menu, prior=second)
+    assert [s["recipe"] for s in full] == ["default", "finetune", "finetune"]
+    assert f"--init {shipped} --split-file stage2/split.json" in full[2]["command"]
+    assert all(len(s["history"]) == 2 for s in full)

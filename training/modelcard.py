@@ -26,10 +26,10 @@ def _metrics_row(name: str, m: dict) -> str:
 
 def render(
     run_dir: Path, val: dict, test: dict | None, title: str, citation: str, onnx: str,
-    hardware: str, intended: str, limits: list[str],
+    hardware: str, intended: str, limits: list[str], prior: Path | None = None,
 ) -> str:
     split = json.loads((run_dir / "split.json").read_text())
-    stages = run_stages(run_dir)
+    stages = run_stages(run_dir, prior)
     history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     earlier = [h for st in stages[:-1] for h in st["history"]]
     best_epoch = max((h for h in history if h["input_size"] == history[-1]["input_size"]),
@@ -103,8 +103,12 @@ def _perturb_rows(pert: dict) -> list[tuple[str, str, float, float]]:
     ]
 
 
-def run_stages(run_dir: Path) -> list[dict]:
-    """The chain of runs behind run_dir (following --init), oldest first."""
+def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
+    """The chain of runs behind run_dir (following --init), oldest first.
+
+    ``prior`` is the run that produced an --init checkpoint which is not a run's own
+    ``best.pt`` (e.g. a shipped release copy in models/zoo): its history joins the chain.
+    """
     from lgld.models.checkpoint import load_checkpoint
 
     stages: list[dict] = []
@@ -122,13 +126,30 @@ def run_stages(run_dir: Path) -> list[dict]:
         if recipe.get("color_jitter", 1.0) != 1.0:
             command += f" --color-jitter {recipe.get('color_jitter')}"
         init = run.get("init") or ""
+        current = None
         if init:
-            command += f" --init {Path(init).parent.name}/best.pt --split-file " \
-                       f"{Path(init).parent.name}/split.json"
+            parent = Path(init).parent
+            if (parent / "log.jsonl").is_file():
+                command += f" --init {parent.name}/best.pt --split-file {parent.name}/split.json"
+                current = parent
+            else:
+                shown = _repo_relative(Path(init))
+                command += f" --init {shown}"
+                if prior is not None:
+                    command += f" --split-file {prior.name}/split.json"
+                    current, prior = prior, None
         stages.insert(0, {"recipe": recipe.get("name", "?"), "history": history,
                           "command": command})
-        current = Path(init).parent if init else None
     return stages
+
+
+def _repo_relative(path: Path) -> str:
+    """``models/zoo/x.pt`` for a file inside this checkout, else the path as recorded."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         "Research and education: demonstrating live blood-cell image classification on a "
         "Raspberry Pi 5. Not a diagnostic device; never use it for clinical decisions."))
     p.add_argument("--limit", action="append", default=[], help="a known limit (repeatable)")
+    p.add_argument("--prior-run", type=Path, help="the run behind an --init checkpoint that is "
+                   "not a run's best.pt (e.g. a shipped model): adds its stages to the card")
     p.add_argument("-o", "--out", type=Path, required=True)
     a = p.parse_args(argv)
     val = json.loads(a.eval_json.read_text())
     test = json.loads(a.test_json.read_text()) if a.test_json else None
     a.out.write_text(render(a.run_dir, val, test, a.title, a.data_citation, a.onnx, a.hardware,
-                            a.intended, a.limit))
+                            a.intended, a.limit, a.prior_run))
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 

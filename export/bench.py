@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import copy
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -56,7 +57,13 @@ from lgld.export.measure import (
     sample_images,
     time_interleaved,
 )
-from lgld.export.menu import MenuError, format_menu, parse_menu, run_menu
+from lgld.export.menu import (
+    MenuError,
+    format_menu,
+    parse_menu,
+    run_menu,
+    run_menu_isolated,
+)
 from lgld.runtime.modelinfo import ModelInfo
 from lgld.runtime.preprocess import preprocess
 from lgld.runtime.session import OnnxClassifier, default_threads, session_options
@@ -838,6 +845,25 @@ def run_table(m: Models, threads: int, args: argparse.Namespace) -> dict[str, An
     return table
 
 
+def _child_table(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="lgld-bench-") as tmpdir:
+        return run_table(prepare_models(args, Path(tmpdir)), threads, args)
+
+
+def run_table_isolated(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """:func:`run_table` in a fresh process, so no thread pool of an earlier table leaks in.
+
+    PyTorch's OpenMP/oneDNN pools keep running with the thread count they first had: measured
+    here, a 1-thread table after a 2-thread one in the same process gave the reference 22.6 ms
+    instead of 30.9 ms.
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_child_table, (args, threads))
+
+
 def targets(table: dict[str, Any]) -> list[dict[str, Any]]:
     """PASS/FAIL/SKIP lines for the issue's targets."""
     rows = {r["key"]: r for r in table["rows"]}
@@ -1007,7 +1033,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         report["tables"] = []
         for n in threads:
-            table = run_table(m, n, args)
+            table = run_table(m, n, args) if len(threads) == 1 else run_table_isolated(args, n)
             report["tables"].append(table)
             print(format_table(table, m, args), flush=True)
         if args.profile:
@@ -1035,9 +1061,12 @@ def run(args: argparse.Namespace) -> int:
             if m.torch_model is not None:
                 def export_at(size: int) -> tuple[Path, int]:
                     return _export_size(m, size, tmp)
+            isolate = len(threads) > 1 and all(item.size is None for item in menu_items)
             try:
-                report["menu"] = [run_menu(menu_items, n, args.warmup, args.repeats, export_at)
-                                  for n in threads]
+                report["menu"] = [
+                    run_menu_isolated(menu_items, n, args.warmup, args.repeats) if isolate
+                    else run_menu(menu_items, n, args.warmup, args.repeats, export_at)
+                    for n in threads]
             except MenuError as exc:
                 raise BenchError(str(exc)) from None
             for menu in report["menu"]:

@@ -12,6 +12,7 @@ interleaved through the runtime session, each with the validation accuracy it wa
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,3 +114,10 @@ def format_menu(menu: dict[str, Any]) -> str:
         lines.append(f"  {e['item'][:27]:<28}{e['input_size']:>5}{macs:>8}"
                      f"{e['median_ms']:>11.2f}{e['p90_ms']:>9.2f}{e['fps']:>8.1f}{acc:>9}{f1:>9}")
     return "\n".join(lines)
+
+
+def run_menu_isolated(items: list[MenuItem], threads: int, warmup: int, repeats: int
+                      ) -> dict[str, Any]:
+    """:func:`run_menu` for model files in a fresh process (no thread pool of other work)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_menu, (items, threads, warmup, repeats))

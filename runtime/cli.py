@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", metavar="all|wbc5|PATH", help="model (default: all)")
+    p.add_argument("--model", metavar="all|wbc5|all-128|PATH",
+                   help="model: all (default, 160 px), wbc5, all-128 (fastest), all-192, "
+                   "all-224 (see docs/performance.md) or an .onnx path")
     p.add_argument(
         "--source",
         metavar="SPEC",

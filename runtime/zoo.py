@@ -13,8 +13,12 @@ from pathlib import Path
 from lgld.runtime.session import ModelLoadError
 
 ZOO = {
-    "all": "lgld-all.onnx",  # ALL leukemia, whole fields of view (field mode)
-    "wbc5": "lgld-wbc5.onnx",  # five white-cell types, single centred cells (roi mode)
+    "all": "lgld-all.onnx",  # ALL leukemia, whole fields of view (field mode), 160 px
+    "wbc5": "lgld-wbc5.onnx",  # five white-cell types, single centred cells (roi mode), 128 px
+    # the rest of the ALL size menu (docs/performance.md): the fastest and the larger inputs
+    "all-128": "lgld-all-128.onnx",
+    "all-192": "lgld-all-192.onnx",
+    "all-224": "lgld-all-224.onnx",
 }
 
 
@@ -47,5 +51,6 @@ def resolve_model(spec: str) -> Path:
         return path
     path = Path(name).expanduser()
     if not path.is_file():
-        raise ModelLoadError(f"model not found: {path} (use all, wbc5 or a path to an .onnx file)")
+        names = ", ".join(ZOO)
+        raise ModelLoadError(f"model not found: {path} (use {names} or a path to an .onnx file)")
     return path

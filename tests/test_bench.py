@@ -182,3 +182,30 @@ def test_bad_input_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("lgld-bench: error: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_interleaved_timing_runs_rounds_with_an_untimed_call_per_block() -> None:
+    from lgld.export.measure import time_interleaved
+
+    calls: list[str] = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    samples = time_interleaved(fns, warmup=1, repeats=7, block=3)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 7, "b": 7}
+    assert "".join(calls) == "ab" + "aaaa" "bbbb" + "aaaa" "bbbb" + "aa" "bb"
+
+
+def test_each_thread_count_gets_its_own_process(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "threads.json"
+    args = ["--model", str(tiny_model), "--repeats", "3", "--warmup", "1", "--peak-size", "0",
+            "--pipeline-seconds", "0", "--threads", "1,2", "--json", str(out),
+            "--menu", str(tiny_model)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert [m["threads"] for m in report["menu"]] == [1, 2]
+    assert all(m["sizes"][0]["median_ms"] > 0 for m in report["menu"])
+    tables = report["tables"]
+    assert [t["threads"] for t in tables] == [1, 2]
+    for table in tables:
+        rows = {r["key"]: r for r in table["rows"]}
+        assert all(rows[k]["n"] == 3 for k in ("reference", "torch", "onnx"))
+        assert table["outputs"]["ok"]

@@ -296,3 +296,15 @@ def test_int8(tmp_path: Path, calib: Path, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert "INT8 refused" in err and err.count("\n") == 1
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_verification_limit_scales_with_the_logits() -> None:
+    from lgld.export.verify import ATOL, compare_logits
+
+    ref = np.array([[20.0, -3.0, 1.0, 0.5], [0.2, 0.1, -0.4, 0.3]], np.float32)
+    report = compare_logits(ref, ref + 1.5e-4, "x")
+    assert report.scale == 20.0 and report.limit == pytest.approx(20 * ATOL) and report.ok
+    assert not compare_logits(ref, ref + 3e-3, "x").ok, "an error beyond the scaled limit"
+    small = ref / 100
+    assert compare_logits(small, small + 5e-5, "x").limit == ATOL, "never below the plain limit"
+    assert not compare_logits(small, small + 2e-4, "x").ok

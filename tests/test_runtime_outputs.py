@@ -184,3 +184,4 @@ def test_thread_pool_spins_only_when_it_has_workers(threads, spin):
     assert so.intra_op_num_threads == threads
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == spin
     assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"

@@ -37,7 +37,7 @@ def live(tmp_path):
     server.start(app)
     pipeline.start()
     deadline = time.monotonic() + 10
-    while pipeline.hub.result is None and time.monotonic() < deadline:
+    while (pipeline.stats.results < 2 or pipeline.stats.frames < 3) and time.monotonic() < deadline:
         time.sleep(0.02)
     yield server, pipeline
     pipeline.stop()

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", metavar="all|wbc5|all-128|PATH",
-                   help="model: all (default, 160 px), wbc5, all-128 (fastest), all-192, "
-                   "all-224 (see docs/performance.md) or an .onnx path")
+                   help="model: all (default) or wbc5 (160 px), all-128 or wbc5-128 (faster), "
+                   "all-192, all-224 (see docs/performance.md) or an .onnx path")
     p.add_argument(
         "--source",
         metavar="SPEC",

@@ -14,9 +14,10 @@ from lgld.runtime.session import ModelLoadError
 
 ZOO = {
     "all": "lgld-all.onnx",  # ALL leukemia, whole fields of view (field mode), 160 px
-    "wbc5": "lgld-wbc5.onnx",  # five white-cell types, single centred cells (roi mode), 128 px
-    # the rest of the ALL size menu (docs/performance.md): the fastest and the larger inputs
+    "wbc5": "lgld-wbc5.onnx",  # five white-cell types, single centred cells (roi mode), 160 px
+    # faster 128 px versions, and the rest of the ALL size menu (docs/performance.md)
     "all-128": "lgld-all-128.onnx",
+    "wbc5-128": "lgld-wbc5-128.onnx",
     "all-192": "lgld-all-192.onnx",
     "all-224": "lgld-all-224.onnx",
 }

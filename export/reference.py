@@ -8,18 +8,21 @@ authors' published notebook (github.com/arkodasgupta0412/LGLD-Net, ``src/ALL_mod
 * the FFM recomputes its positional channels on every call (``arange``, ``sin``, ``cos``);
 * BatchNorm, Dropout, both concatenations and the softmax fusion run as written.
 
-Parameter and buffer names are those of :class:`lgld.models.lgld_net.LGLDNet`, so
+Everything else (LFA, GCE, LGFM, head) is already written that way in
+:class:`lgld.models.lgld_net.LGLDNet` (lgld's rewrites happen at export), so the reference is
+that model with its two stems replaced. Parameter and buffer names are the same, so
 ``ReferenceLGLDNet(cfg).load_state_dict(LGLDNet(cfg).state_dict())`` works (strictly) and both
 compute the same logits. All four ablation variants are supported.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lgld.models.lgld_net import VARIANTS, ModelConfig
+from lgld.models.lgld_net import IPS, VARIANTS, LGLDNet, ModelConfig
 
 
 class UnfoldInvolution(nn.Module):
@@ -43,16 +46,13 @@ class UnfoldInvolution(nn.Module):
         return (kernels * patches).sum(dim=2).view(b, c, h, w)
 
 
-class ReferenceIPS(nn.Module):
-    def __init__(self, in_channels: int, channels: int, involution: bool) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
-        self.invo = UnfoldInvolution(channels) if involution else nn.Identity()
-        self.bn = nn.BatchNorm2d(channels)
-        self.act = nn.SiLU()
+class ReferenceIPS(IPS):
+    """lgld's patch stem with the ``nn.Unfold`` involution."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.invo(self.conv(x))))
+    def __init__(self, in_channels: int, channels: int, involution: bool) -> None:
+        super().__init__(in_channels, channels, involution)
+        if involution:
+            self.invo = UnfoldInvolution(channels)
 
 
 class ReferenceFFM(nn.Module):
@@ -85,83 +85,18 @@ class ReferenceFFM(nn.Module):
         return self.act(self.bn(torch.cat([real, imag], dim=1)))
 
 
-class ReferenceLFA(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.dw3 = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
-            nn.Conv2d(channels, channels, 1),
-            nn.SiLU(),
-        )
-        self.dw5 = nn.Sequential(
-            nn.Conv2d(channels, channels, 5, padding=2, groups=channels),
-            nn.Conv2d(channels, channels, 1),
-            nn.SiLU(),
-        )
-        self.project = nn.Conv2d(2 * channels, channels, 1, bias=False)
-        self.act = nn.SiLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x + self.project(torch.cat([self.dw3(x), self.dw5(x)], dim=1)))
-
-
-class ReferenceGCE(nn.Module):
-    def __init__(self, channels: int, reduction: int = 4) -> None:
-        super().__init__()
-        self.dil2 = nn.Conv2d(channels, channels, 3, padding=2, dilation=2)
-        self.dil4 = nn.Conv2d(channels, channels, 3, padding=4, dilation=4)
-        self.dil8 = nn.Conv2d(channels, channels, 3, padding=8, dilation=8)
-        self.compress = nn.Conv2d(3 * channels, channels, 1)
-        self.se = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(channels, channels // reduction, 1),
-            nn.SiLU(),
-            nn.Conv2d(channels // reduction, channels, 1),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = F.silu(self.compress(torch.cat([self.dil2(x), self.dil4(x), self.dil8(x)], dim=1)))
-        return p * self.se(p)
-
-
-class ReferenceLGFM(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * channels, 2))
-
-    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
-        w = F.softmax(self.fc(torch.cat([local, global_], dim=1)), dim=1)
-        return w[:, 0].view(-1, 1, 1, 1) * local + w[:, 1].view(-1, 1, 1, 1) * global_
-
-
-class ReferenceLGLDNet(nn.Module):
-    """Paper-style LGLD-Net; same state-dict keys as ``LGLDNet(config)``."""
+class ReferenceLGLDNet(LGLDNet):
+    """Paper-style LGLD-Net: lgld's model with the Unfold involution and per-call positions."""
 
     def __init__(self, config: ModelConfig | None = None, **kwargs) -> None:
-        super().__init__()
-        self.config = config if config is not None else ModelConfig(**kwargs)
+        super().__init__(config, **kwargs)
         c, cfg = self.config.base_channels, self.config
-        use_invo, use_lfa, use_gce = VARIANTS[cfg.variant]
-        self.local_stem = ReferenceIPS(cfg.in_channels, c, use_invo)
+        self.local_stem = ReferenceIPS(cfg.in_channels, c, VARIANTS[cfg.variant][0])
         self.global_stem = ReferenceFFM(cfg.in_channels, c)
-        self.lfa = ReferenceLFA(c) if use_lfa else nn.Identity()
-        self.gce = ReferenceGCE(c) if use_gce else nn.Identity()
-        self.lgfm = ReferenceLGFM(c)
-        self.head = nn.Sequential(
-            nn.Conv2d(c, c, 1),
-            nn.BatchNorm2d(c),
-            nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Dropout(0.5),
-            nn.Linear(c, cfg.num_classes),
-        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        local = self.lfa(self.local_stem(x))
-        global_ = self.gce(self.global_stem(x))
-        return self.head(self.lgfm(local, global_))
+    def set_input_size(self, size: int) -> None:
+        """Only the config changes: the positional channels are computed on every call."""
+        self.config = replace(self.config, input_size=size)
 
 
 def reference_like(model: nn.Module) -> ReferenceLGLDNet:

@@ -92,28 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# command-line flag -> (config section, field); None leaves the config's value
+_FLAG_FIELDS = {
+    "model": ("model", "path"),
+    "source": ("source", "input"),
+    "mode": ("inference", "mode"),
+    "frames": ("inference", "frames"),
+    "log": ("log", "path"),
+    "http": ("http", "listen"),
+    "threads": ("model", "threads"),
+    "preview": ("display", "preview"),
+}
+
+
 def effective_config(args: argparse.Namespace) -> RunConfig:
     """Defaults < --config file < command-line flags; validated."""
     cfg = load_config(args.config)
-    if args.model is not None:
-        cfg.model.path = args.model
-    if args.source is not None:
-        cfg.source.input = args.source
-    if args.roi is not None:
+    if args.roi is not None:  # --roi implies roi mode; an explicit --mode still wins
         cfg.inference.roi = parse_roi(args.roi)
         cfg.inference.mode = "roi"
-    if args.mode is not None:
-        cfg.inference.mode = args.mode
-    if args.frames is not None:
-        cfg.inference.frames = args.frames
-    if args.log is not None:
-        cfg.log.path = args.log
-    if args.http is not None:
-        cfg.http.listen = args.http
-    if args.threads is not None:
-        cfg.model.threads = args.threads
-    if args.preview is not None:
-        cfg.display.preview = args.preview
+    for flag, (section, name) in _FLAG_FIELDS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(getattr(cfg, section), name, value)
     return cfg.validate()
 
 

@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import copy
 import json
-import multiprocessing
 import os
 import platform
 import statistics
@@ -51,6 +50,7 @@ import onnxruntime as ort
 
 from lgld.export import run_cli
 from lgld.export.measure import (
+    in_fresh_process,
     median_ci,
     onnx_macs,
     percentile,
@@ -248,7 +248,8 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
         ckpt_path, onnx_path = path, exported
     else:
         ckpt_path, onnx_path = None, path
-    info = OnnxClassifier(onnx_path, threads=1).info
+    clf = OnnxClassifier(onnx_path, threads=1)
+    info = clf.info
     size = args.input_size or info.input_size
     m = Models(onnx_path=onnx_path, info=info, input_size=size)
     m.int8_path = find_int8(path, args.int8) if args.int8 or path.suffix == ".onnx" else None
@@ -261,7 +262,7 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
             )
         notes.append("rows 1-2 skipped: torch is not installed (the runtime needs none)")
         m.weights = "n/a (no torch)"
-        m.macs, m.macs_source = onnx_macs(onnx_path, info)
+        m.macs, m.macs_source = onnx_macs(clf)
         m.notes = notes
         return m
 
@@ -854,14 +855,8 @@ def _child_table(args: argparse.Namespace, threads: int) -> dict[str, Any]:
 
 
 def run_table_isolated(args: argparse.Namespace, threads: int) -> dict[str, Any]:
-    """:func:`run_table` in a fresh process, so no thread pool of an earlier table leaks in.
-
-    PyTorch's OpenMP/oneDNN pools keep running with the thread count they first had: measured
-    here, a 1-thread table after a 2-thread one in the same process gave the reference 22.6 ms
-    instead of 30.9 ms.
-    """
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_child_table, (args, threads))
+    """:func:`run_table` in a fresh process, so no thread pool of an earlier table leaks in."""
+    return in_fresh_process(_child_table, args, threads)
 
 
 def targets(table: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from lgld.runtime.modelinfo import PREFIX, ModelInfo
+from lgld.runtime.modelinfo import PREFIX
 from lgld.runtime.preprocess import read_image
+from lgld.runtime.session import OnnxClassifier
 
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 
@@ -61,19 +62,17 @@ def time_interleaved(
     return samples
 
 
-def onnx_macs(path: Path, info: ModelInfo) -> tuple[int | None, str]:
+def onnx_macs(clf: OnnxClassifier) -> tuple[int | None, str]:
     """MACs without torch: from the export metadata, else counted on the graph (needs onnx)."""
     try:
-        props = ort.InferenceSession(
-            str(path), providers=["CPUExecutionProvider"]
-        ).get_modelmeta().custom_metadata_map
+        props = clf.session.get_modelmeta().custom_metadata_map
         export = json.loads(props.get(PREFIX + "export", "{}"))
         if isinstance(export.get("macs"), int | float):
             return int(export["macs"]), "model metadata"
     except (ValueError, TypeError, RuntimeError):
         pass
     try:
-        return graph_macs(path), "counted on the ONNX graph (after export rewrites)"
+        return graph_macs(clf.path), "counted on the ONNX graph (after export rewrites)"
     except ImportError:
         return None, "unknown (no torch, no onnx, none in the metadata)"
 
@@ -114,3 +113,14 @@ def sample_images(size: int) -> list[np.ndarray]:
     if files:
         return [read_image(f) for f in files]
     return [np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)]
+
+
+def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a newly spawned process: no thread pool of earlier work leaks in.
+
+    PyTorch's OpenMP/oneDNN pools keep running with the thread count they first had: measured
+    here, a 1-thread table after a 2-thread one in the same process gave the reference 22.6 ms
+    instead of 30.9 ms.
+    """
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)

@@ -12,14 +12,19 @@ interleaved through the runtime session, each with the validation accuracy it wa
 
 from __future__ import annotations
 
-import multiprocessing
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lgld.export.measure import onnx_macs, percentile, sample_images, time_interleaved
+from lgld.export.measure import (
+    in_fresh_process,
+    onnx_macs,
+    percentile,
+    sample_images,
+    time_interleaved,
+)
 from lgld.runtime.preprocess import preprocess
 from lgld.runtime.session import OnnxClassifier
 
@@ -87,7 +92,7 @@ def run_menu(
         entry: dict[str, Any] = {"item": item.label, "model": str(path),
                                  "input_size": clf.info.input_size}
         if item.size is None:
-            macs = onnx_macs(path, clf.info)[0]
+            macs = onnx_macs(clf)[0]
             entry.update(_shipped_accuracy(clf))
         entry["macs"] = macs
         x = preprocess(sample_images(clf.info.input_size)[0], clf.info.preprocess)
@@ -119,5 +124,4 @@ def format_menu(menu: dict[str, Any]) -> str:
 def run_menu_isolated(items: list[MenuItem], threads: int, warmup: int, repeats: int
                       ) -> dict[str, Any]:
     """:func:`run_menu` for model files in a fresh process (no thread pool of other work)."""
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(run_menu, (items, threads, warmup, repeats))
+    return in_fresh_process(run_menu, items, threads, warmup, repeats)

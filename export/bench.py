@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from lgld.export import run_cli
+from lgld.export import ExportError
 from lgld.export.measure import (
     in_fresh_process,
     median_ci,
@@ -64,9 +64,10 @@ from lgld.export.menu import (
     run_menu,
     run_menu_isolated,
 )
-from lgld.runtime.modelinfo import ModelInfo
-from lgld.runtime.preprocess import preprocess
-from lgld.runtime.session import OnnxClassifier, default_threads, session_options
+from lgld.runtime.core.cliutil import run_cli
+from lgld.runtime.core.modelinfo import ModelInfo
+from lgld.runtime.core.preprocess import preprocess
+from lgld.runtime.core.session import OnnxClassifier, default_threads, session_options
 
 PROG = "lgld-bench"
 ATOL = 1e-4  # max |logit difference| for "outputs unchanged"
@@ -192,7 +193,7 @@ class Models:
 def resolve_model_path(spec: str) -> Path:
     """``all``/``wbc5``/a path, resolved exactly as lgld-run resolves ``--model``."""
     try:
-        from lgld.runtime.zoo import resolve_model
+        from lgld.runtime.core.zoo import resolve_model
     except ImportError:
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -388,11 +389,11 @@ def _bench_settings() -> Any:
 
 def pipeline_stages(clf: OnnxClassifier, warmup: int, repeats: int) -> dict[str, list[float]]:
     """Time each stage of one frame by calling the runtime's components in sequence (ms)."""
+    from lgld.runtime.core.session import softmax
     from lgld.runtime.demo import DemoSource
     from lgld.runtime.pipeline import Pipeline, crop_region
     from lgld.runtime.quality import assess
     from lgld.runtime.server import Renderer
-    from lgld.runtime.session import softmax
     from lgld.runtime.smoothing import Smoother, decide
 
     source = DemoSource(scene="all", size=FRAME_SIZE, fps=30.0, realtime=False)
@@ -1092,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return exc.code if isinstance(exc.code, int) else 2
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    return run_cli(PROG, run, args, (BenchError,))
+    return run_cli(PROG, run, args, (ExportError, ValueError, OSError, BenchError))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lgld.export import run_cli
+from lgld.export import ExportError
+from lgld.runtime.core.cliutil import run_cli
 
 PROG = "lgld-export"
 
@@ -73,7 +74,6 @@ def _graph_lines(path: Path, macs: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lgld.export import ExportError
     from lgld.export.onnx_export import check_writable, export_checkpoint
     from lgld.export.quantize import labelled_images, quantize_int8
     from lgld.models.checkpoint import load_checkpoint
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return run_cli(PROG, run, args)
+    return run_cli(PROG, run, args, (ExportError, ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lgld.runtime.modelinfo import PREFIX
-from lgld.runtime.preprocess import read_image
-from lgld.runtime.session import OnnxClassifier
+from lgld.runtime.core.modelinfo import PREFIX
+from lgld.runtime.core.preprocess import read_image
+from lgld.runtime.core.session import OnnxClassifier
 
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 

@@ -25,8 +25,8 @@ from lgld.export.measure import (
     sample_images,
     time_interleaved,
 )
-from lgld.runtime.preprocess import preprocess
-from lgld.runtime.session import OnnxClassifier
+from lgld.runtime.core.preprocess import preprocess
+from lgld.runtime.core.session import OnnxClassifier
 
 
 class MenuError(ValueError):

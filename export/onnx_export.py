@@ -38,8 +38,9 @@ from lgld.export.verify import ImageSource, VerifyReport, check_graph, op_histog
 from lgld.models.checkpoint import file_sha256, load_checkpoint
 from lgld.models.lgld_net import LGLDNet, count_parameters
 from lgld.models.macs import MacReport, count_macs
-from lgld.runtime.modelinfo import PREFIX, ModelInfo, lgld_version
-from lgld.runtime.preprocess import PreprocessSpec
+from lgld.runtime.core.cliutil import first_line
+from lgld.runtime.core.modelinfo import PREFIX, ModelInfo, lgld_version
+from lgld.runtime.core.preprocess import PreprocessSpec
 
 DEFAULT_OPSET = 17  # read by every onnxruntime >= 1.13 (pyproject asks for >= 1.17)
 _OPSETS = getattr(torch.onnx, "_constants", None)
@@ -143,7 +144,7 @@ def torch_to_onnx(
             )
     except Exception as exc:  # the exporter raises many types
         raise ExportError(
-            f"torch ONNX export failed at opset {opset}: {_first_line(exc)}"
+            f"torch ONNX export failed at opset {opset}: {first_line(exc)}"
         ) from None
     return onnx.load_from_string(buf.getvalue())
 
@@ -155,15 +156,10 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:
-        raise ExportError(f"onnxsim failed: {_first_line(exc)}") from None
+        raise ExportError(f"onnxsim failed: {first_line(exc)}") from None
     if not ok:
         raise ExportError("onnxsim could not validate the simplified model")
     return simplified
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _jsonable(value: Any) -> Any:
@@ -259,7 +255,7 @@ def build_graph(
     try:
         onnx.checker.check_model(graph, full_check=True)
     except Exception as exc:
-        raise ExportError(f"exported graph is not valid ONNX: {_first_line(exc)}") from None
+        raise ExportError(f"exported graph is not valid ONNX: {first_line(exc)}") from None
     return graph, form
 
 

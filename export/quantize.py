@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from lgld.export import IMAGE_SUFFIXES, ExportError
-from lgld.runtime.modelinfo import PREFIX
-from lgld.runtime.preprocess import PreprocessSpec, preprocess, preprocess_batch, read_image
-from lgld.runtime.session import ModelLoadError, OnnxClassifier
+from lgld.export import ExportError
+from lgld.runtime.core.files import IMAGE_SUFFIXES
+from lgld.runtime.core.modelinfo import PREFIX
+from lgld.runtime.core.preprocess import PreprocessSpec, preprocess, preprocess_batch, read_image
+from lgld.runtime.core.session import ModelLoadError, OnnxClassifier
 
 QUANTIZATION = "int8-qdq"
 

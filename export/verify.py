@@ -1,6 +1,6 @@
 """Export-time checks: the graph holds no forbidden ops, and ONNX Runtime matches PyTorch.
 
-The ONNX side runs through the runtime's own :class:`~lgld.runtime.session.OnnxClassifier` and
+The ONNX side runs through the runtime's own :class:`~lgld.runtime.core.session.OnnxClassifier` and
 preprocessing (the model's embedded metadata), so what is verified is what the Pi will run.
 """
 
@@ -16,9 +16,10 @@ import numpy as np
 import onnx
 import torch
 
-from lgld.export import IMAGE_SUFFIXES, ExportError
-from lgld.runtime.preprocess import preprocess_batch, read_image
-from lgld.runtime.session import ModelLoadError, OnnxClassifier
+from lgld.export import ExportError
+from lgld.runtime.core.files import IMAGE_SUFFIXES
+from lgld.runtime.core.preprocess import preprocess_batch, read_image
+from lgld.runtime.core.session import ModelLoadError, OnnxClassifier
 
 # im2col (Unfold) Gather chains, run-time positional encodings and unfolded BN are not allowed.
 FORBIDDEN_OPS = frozenset(

@@ -12,7 +12,6 @@ A checkpoint is a ``torch.save``'d dict of tensors and plain Python values only,
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from typing import Any
 import torch
 
 from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.preprocess import PreprocessSpec
+from lgld.runtime.core.files import file_sha256  # noqa: F401  (re-exported)
+from lgld.runtime.core.preprocess import PreprocessSpec
 
 FORMAT = "lgld-checkpoint"
 FORMAT_VERSION = 1
@@ -161,15 +161,6 @@ def load_checkpoint(
         training=payload.get("training") or {},
         extra=payload.get("extra") or {},
     )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def release_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -28,14 +28,14 @@ from lgld.runtime.config import (
     parse_roi,
     to_toml,
 )
-from lgld.runtime.modelinfo import lgld_version
+from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
+from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.pipeline import Pipeline, PipelineError, PipelineSettings, Result
 from lgld.runtime.resultlog import ResultLog, ResultLogError
 from lgld.runtime.sdnotify import Notifier
 from lgld.runtime.server import App, HttpServer, Renderer, ServerError
-from lgld.runtime.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.sources import SourceError, open_source
-from lgld.runtime.zoo import resolve_model
 
 PROG = "lgld-run"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL, EXIT_SOURCE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lgld.runtime.preprocess import read_image
+from lgld.runtime.core.preprocess import read_image
 from lgld.runtime.sources import Frame, Source, SourceError
 
 ASSETS = Path(__file__).resolve().parent / "assets"

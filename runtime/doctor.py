@@ -18,13 +18,14 @@ import numpy as np
 import onnxruntime as ort
 
 from lgld.runtime.config import RunConfig, parse_listen
+from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
+from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.demo import load_tiles
-from lgld.runtime.modelinfo import lgld_version
 from lgld.runtime.preview import preview_possible
 from lgld.runtime.resultlog import ResultLogError, check_writable
 from lgld.runtime.sdnotify import under_systemd, watchdog_interval
 from lgld.runtime.server import port_free
-from lgld.runtime.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.sources import (
     SourceError,
     camera_device_exists,
@@ -33,7 +34,6 @@ from lgld.runtime.sources import (
     picamera2_cameras,
     video_devices,
 )
-from lgld.runtime.zoo import resolve_model
 
 
 @dataclass

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
-from lgld.runtime.modelinfo import lgld_version
+from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.overlay import OverlayInfo, draw_overlay
 from lgld.runtime.pipeline import Pipeline, Result
 

@@ -22,11 +22,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lgld.runtime.preprocess import ImageError, read_image
+from lgld.runtime.core.cliutil import first_line
+from lgld.runtime.core.files import is_image_file, list_images
+from lgld.runtime.core.preprocess import ImageError, read_image
 
 log = logging.getLogger("lgld.runtime")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 NO_CAMERA = "no camera found (use --source demo to try without one)"
 
 
@@ -189,7 +190,7 @@ class PiCamera2Source(Source):
                     f"{label} is busy: another program (rpicam-*, another lgld-run or the "
                     "lgld service) is using it"
                 ) from None
-            raise SourceError(f"cannot open {label}: {_first_line(exc)}") from None
+            raise SourceError(f"cannot open {label}: {first_line(exc, 200)}") from None
         try:
             streams: dict[str, Any] = {"main": {"size": self.size, "format": "RGB888"}}
             if self.lores_size:  # never larger than main (picamera2 refuses that); even sizes
@@ -206,7 +207,7 @@ class PiCamera2Source(Source):
             _quietly(cam.close)
             if _busy(exc):
                 raise CameraBusy(f"{label} is busy: another program is using it") from None
-            raise SourceError(f"cannot start {label}: {_first_line(exc)}") from None
+            raise SourceError(f"cannot start {label}: {first_line(exc, 200)}") from None
         self._cam = cam
         self._job = None
 
@@ -221,7 +222,7 @@ class PiCamera2Source(Source):
             raise CameraLost(f"{self.name}: no frame within {self.timeout_s:g} s") from None
         except Exception as exc:
             self._job = None
-            raise CameraLost(f"{self.name}: capture failed: {_first_line(exc)}") from None
+            raise CameraLost(f"{self.name}: capture failed: {first_line(exc, 200)}") from None
         self._job = None
         try:
             main = request.make_array("main")
@@ -364,12 +365,12 @@ def find_images(spec: str) -> list[Path]:
     """A folder (its image files), a glob pattern (``**`` recurses) or one image file, sorted."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = list_images(path)
     elif path.is_file():
         files = [path]
     else:
         files = [Path(p) for p in glob.glob(str(path), recursive=True)]
-        files = [p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        files = [p for p in files if is_image_file(p)]
     return sorted(files)
 
 
@@ -409,8 +410,6 @@ class ImageFolderSource(Source):
 # Choosing a source
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _quietly(fn: Any) -> None:

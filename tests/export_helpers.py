@@ -13,7 +13,7 @@ import torch
 
 from lgld.models.checkpoint import save_checkpoint
 from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.preprocess import PreprocessSpec
+from lgld.runtime.core.preprocess import PreprocessSpec
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -77,8 +77,8 @@ def export_tiny(path: Path, input_size: int = 64, num_classes: int = 4, seed: in
     import torch
 
     from lgld.models.lgld_net import LGLDNet, ModelConfig
-    from lgld.runtime.modelinfo import ModelInfo
-    from lgld.runtime.preprocess import PreprocessSpec
+    from lgld.runtime.core.modelinfo import ModelInfo
+    from lgld.runtime.core.preprocess import PreprocessSpec
 
     torch.manual_seed(seed)
     model = LGLDNet(ModelConfig(num_classes=num_classes, input_size=input_size)).eval()
@@ -103,7 +103,7 @@ def _cache_key() -> str:
     """Changes when the network, the metadata format or torch change."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for rel in ("models/lgld_net.py", "runtime/modelinfo.py", "runtime/preprocess.py"):
+    for rel in ("models/lgld_net.py", "runtime/core/modelinfo.py", "runtime/core/preprocess.py"):
         digest.update((root / rel).read_bytes())
     with contextlib.suppress(metadata.PackageNotFoundError):
         digest.update(metadata.version("torch").encode())

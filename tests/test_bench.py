@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lgld.export import export_model  # noqa: E402
 from lgld.export.bench import aggregate_profile, main, summarize_rss  # noqa: E402
+from lgld.export.onnx_export import export_model  # noqa: E402
 from lgld.models.lgld_net import LGLDNet  # noqa: E402
 
 FAST = ["--repeats", "3", "--warmup", "1", "--pipeline-seconds", "1.5", "--peak-size", "128",

@@ -9,7 +9,7 @@ import torch
 
 from lgld.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lgld.models.lgld_net import LGLDNet
-from lgld.runtime.preprocess import PreprocessSpec
+from lgld.runtime.core.preprocess import PreprocessSpec
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 

@@ -18,8 +18,8 @@ from onnx import TensorProto, helper
 
 from lgld.models.checkpoint import save_checkpoint
 from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.modelinfo import ModelInfo
-from lgld.runtime.preprocess import PreprocessSpec, preprocess_batch, read_image
+from lgld.runtime.core.modelinfo import ModelInfo
+from lgld.runtime.core.preprocess import PreprocessSpec, preprocess_batch, read_image
 from lgld.training.data import discover, make_split
 from lgld.training.evaluate import main
 from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lgld.runtime.modelinfo import ModelInfo, ModelInfoError
-from lgld.runtime.preprocess import (
+from lgld.runtime.core.modelinfo import ModelInfo, ModelInfoError
+from lgld.runtime.core.preprocess import (
     ImageError,
     PreprocessSpec,
     preprocess,

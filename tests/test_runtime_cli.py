@@ -25,7 +25,8 @@ from runtime_fixtures import (
     write_video,
 )
 
-from lgld.runtime import cli, sources, zoo
+from lgld.runtime import cli, sources
+from lgld.runtime.core import zoo
 
 REQUIRED = {"ts", "frame", "source", "mode", "class", "confidence", "probabilities", "state",
             "latency_ms", "model"}

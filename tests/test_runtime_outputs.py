@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lgld.runtime import sdnotify, zoo
+from lgld.runtime import sdnotify
+from lgld.runtime.core import zoo
+from lgld.runtime.core.session import ModelLoadError, session_options
 from lgld.runtime.overlay import OverlayInfo, draw_overlay
 from lgld.runtime.pipeline import Result, model_region
 from lgld.runtime.quality import Quality
 from lgld.runtime.resultlog import ResultLog, ResultLogError
-from lgld.runtime.session import ModelLoadError, session_options
 
 # -- result log --------------------------------------------------------------------------------
 

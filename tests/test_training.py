@@ -281,7 +281,7 @@ def test_recalibrate_bn_uses_exact_batch_statistics() -> None:
 def test_model_card_follows_init_through_runs_and_shipped_copies(tmp_path: Path) -> None:
     from lgld.models.checkpoint import release_copy, save_checkpoint
     from lgld.models.lgld_net import LGLDNet
-    from lgld.runtime.preprocess import PreprocessSpec
+    from lgld.runtime.core.preprocess import PreprocessSpec
     from lgld.training.modelcard import run_stages
 
     def fake_run(name: str, recipe: str, size: int, init: str = "") -> Path:

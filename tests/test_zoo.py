@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lgld.runtime.preprocess import read_image
-from lgld.runtime.session import OnnxClassifier
-from lgld.runtime.zoo import ZOO, resolve_model
+from lgld.runtime.core.preprocess import read_image
+from lgld.runtime.core.session import OnnxClassifier
+from lgld.runtime.core.zoo import ZOO, resolve_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "zoo_samples"
 # name -> (sample folder, minimum accuracy on the bundled samples). Measured with lgld-eval on
@@ -45,7 +45,7 @@ def test_shipped_model_accuracy_on_bundled_samples(name: str) -> None:
 def test_shipped_model_matches_its_checkpoint(name: str) -> None:
     torch = pytest.importorskip("torch")
     from lgld.models.checkpoint import file_sha256, load_checkpoint
-    from lgld.runtime.preprocess import preprocess_batch
+    from lgld.runtime.core.preprocess import preprocess_batch
 
     onnx_path = resolve_model(name)
     ckpt_path = onnx_path.with_suffix(".pt")

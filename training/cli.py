@@ -7,8 +7,8 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
+from lgld.runtime.core.cliutil import OneLineParser
 from lgld.training.data import (
     LAYOUTS,
     DataError,
@@ -21,13 +21,6 @@ from lgld.training.data import (
 from lgld.training.recipes import get_recipe
 
 PROG = "lgld-train"
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (``prog: error: ...``), exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -13,7 +13,6 @@ never spans two splits.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -21,7 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+from lgld.runtime.core.files import IMAGE_SUFFIXES, file_sha256
+
 LAYOUTS = ("auto", "imagefolder", "all", "raabin")
 SPLIT_FORMAT = "lgld-split"
 
@@ -52,7 +52,7 @@ class Discovered:
 
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
 
 
@@ -60,15 +60,6 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
     )
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def detect_layout(root: Path) -> str:
@@ -91,7 +82,7 @@ def _scan_classes(folder: Path, root: Path, what: str) -> dict[str, list[Item]]:
         if not files:
             raise DataError(f"class folder {d} has no images")
         out[d.name] = [
-            Item(str(p.relative_to(root)), d.name, sha256_file(p)) for p in files
+            Item(str(p.relative_to(root)), d.name, file_sha256(p)) for p in files
         ]
     return out
 
@@ -275,5 +266,5 @@ def verify_items(root: Path, items: list[Item]) -> None:
         p = root / it.path
         if not p.is_file():
             raise DataError(f"{p} listed in the split file is missing")
-        if sha256_file(p) != it.sha256:
+        if file_sha256(p) != it.sha256:
             raise DataError(f"{p} changed since the split was made (sha256 mismatch)")

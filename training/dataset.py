@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from lgld.runtime.preprocess import ImageError, PreprocessSpec, normalize, read_image, resize_rgb
+from lgld.runtime.core.preprocess import (
+    ImageError,
+    PreprocessSpec,
+    normalize,
+    read_image,
+    resize_rgb,
+)
 from lgld.training.augment import augment
 from lgld.training.data import DataError, Item
 

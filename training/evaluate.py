@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from lgld.runtime.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
-from lgld.runtime.session import OnnxClassifier, softmax
-from lgld.training.cli import OneLineParser
+from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.files import file_sha256
+from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
+from lgld.runtime.core.session import OnnxClassifier, softmax
 from lgld.training.data import (
     LAYOUTS,
     DataError,
@@ -32,7 +33,6 @@ from lgld.training.data import (
     discover,
     limit_per_class,
     load_split,
-    sha256_file,
     verify_items,
 )
 from lgld.training.metrics import confusion_matrix, format_report, metrics_from_confusion
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> dict:
     result = evaluate(model, root, items, args.batch_size, args.perturb)
     result["model"] = {
         "path": str(model.path), "format": model.kind, "classes": model.classes,
-        "input_size": model.spec.input_size, "sha256": sha256_file(model.path), **model.details,
+        "input_size": model.spec.input_size, "sha256": file_sha256(model.path), **model.details,
     }
     result["data"] = {**data_info, "images_listed": len(items), "skipped": len(result["skipped"])}
     if args.json_out:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from lgld.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from lgld.models.lgld_net import LGLDNet, ModelConfig, count_parameters
-from lgld.runtime.preprocess import PreprocessSpec
+from lgld.runtime.core.preprocess import PreprocessSpec
 from lgld.training.data import DataError, Split
 from lgld.training.dataset import CachedDataset, ImageCache, SeededSampler, log
 from lgld.training.metrics import compute_metrics

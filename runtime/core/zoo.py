@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from lgld.runtime.session import ModelLoadError
+from lgld.runtime.core.session import ModelLoadError
 
 ZOO = {
     "all": "lgld-all.onnx",  # ALL leukemia, whole fields of view (field mode), 160 px

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from lgld.runtime.preprocess import PreprocessSpec
+from lgld.runtime.core.preprocess import PreprocessSpec
 
 PREFIX = "lgld."
 FORMAT = "lgld-onnx"

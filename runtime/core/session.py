@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from lgld.runtime.modelinfo import ModelInfo, ModelInfoError
-from lgld.runtime.preprocess import preprocess_batch
+from lgld.runtime.core.cliutil import first_line
+from lgld.runtime.core.modelinfo import ModelInfo, ModelInfoError
+from lgld.runtime.core.preprocess import preprocess_batch
 
 
 class ModelLoadError(ValueError):
@@ -72,8 +73,9 @@ class OnnxClassifier:
                 providers=list(providers),
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"cannot load ONNX model {self.path}: {first[:200]}") from None
+            raise ModelLoadError(
+                f"cannot load ONNX model {self.path}: {first_line(exc, 200)}"
+            ) from None
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.info = ModelInfo.from_metadata(props, source=str(self.path))

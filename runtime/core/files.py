@@ -1,0 +1,30 @@
+"""Image folders and file digests: the one definition of which files are images."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular file with an image suffix (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """The image files in a folder, sorted by path (hidden files skipped)."""
+    root = Path(folder)
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in found if not p.name.startswith(".") and is_image_file(p))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

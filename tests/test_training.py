@@ -18,8 +18,7 @@ from lgld.training.data import DataError, discover, make_split
 from lgld.training.evaluate import summarise
 from lgld.training.metrics import compute_metrics, confusion_matrix, format_report
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ALL").is_dir(), reason="shared data not found")
+SAMPLES = Path(__file__).resolve().parent / "data" / "train_samples"  # 64x64 ALL fields
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +40,10 @@ def run_cli(fn: Callable[[list[str]], int], argv: list[str]) -> int:
 
 
 def toy_folder(dest: Path, classes: list[str], n: int) -> Path:
-    """Copy the first ``n`` images of some ALL classes into an ImageFolder."""
+    """Copy the first ``n`` bundled images of some ALL classes into an ImageFolder."""
     for c in classes:
         (dest / c).mkdir(parents=True)
-        for f in sorted((DATA / "ALL" / c).glob("*.jpg"))[:n]:
+        for f in sorted((SAMPLES / c).glob("*.jpg"))[:n]:
             shutil.copy(f, dest / c / f.name)
     return dest
 
@@ -62,7 +61,6 @@ def synthetic_folder(dest: Path, per_class: int = 10, classes: tuple = ("a", "b"
 # ---------------------------------------------------------------- end to end
 
 
-@needs_data
 def test_training_end_to_end_beats_chance(tmp_path: Path) -> None:
     # Early vs Pro fields differ clearly in colour and texture: learnable at 32 px in seconds.
     data = toy_folder(tmp_path / "data", ["Early", "Pro"], 32)

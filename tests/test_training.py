@@ -87,6 +87,26 @@ def test_training_end_to_end_beats_chance(tmp_path: Path) -> None:
     assert metrics["test"]["num_images"] == split["counts"]["test"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device here: the CUDA + mixed-precision path needs one")
+def test_cuda_mixed_precision_training_learns_and_saves_float32_weights(tmp_path: Path) -> None:
+    data = toy_folder(tmp_path / "data", ["Early", "Pro"], 32)
+    out = tmp_path / "run"
+    code = run_cli(train_main, [
+        "--data", str(data), "--out", str(out), "--input-size", "32", "--epochs", "8",
+        "--batch-size", "8", "--device", "cuda", "--workers", "0", "--val-fraction", "0.25",
+    ])
+    assert code == 0
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["training"]["device"].startswith("cuda")
+    assert ckpt["extra"]["scaler"]  # the GradScaler ran: mixed precision was on
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values()
+               if v.is_floating_point())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(e["train_loss"]) for e in log)
+    assert log[-1]["val_accuracy"] >= 0.8  # chance is 0.5
+
+
 # ---------------------------------------------------------------- splits
 
 
@@ -308,3 +328,46 @@ def test_model_card_follows_init_through_runs_and_shipped_copies(tmp_path: Path)
     assert [s["recipe"] for s in full] == ["default", "finetune", "finetune"]
     assert f"--init {shipped} --split-file stage2/split.json" in full[2]["command"]
     assert all(len(s["history"]) == 2 for s in full)
+
+
+# ---------------------------------------------------------------- allocator restart
+
+
+def test_allocator_choice_respects_opt_out_restart_mark_and_user_settings() -> None:
+    from lgld.training.allocator import GLIBC_TUNABLES, allocator_environment
+
+    je = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    name, env = allocator_environment({}, je)
+    assert name == "jemalloc" and env["LD_PRELOAD"] == je and env["LGLD_ALLOCATOR"] == "jemalloc"
+    assert "retain:true" in env["MALLOC_CONF"]
+    name, env = allocator_environment({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, None)
+    assert name == "glibc-tunables"
+    assert env["GLIBC_TUNABLES"] == f"glibc.pthread.rseq=0:{GLIBC_TUNABLES}"  # kept, extended
+    assert allocator_environment({"LGLD_NO_REEXEC": "1"}, je) is None
+    assert allocator_environment({"LGLD_ALLOCATOR": "jemalloc"}, je) is None  # never twice
+    assert allocator_environment({"LD_PRELOAD": "/opt/libtcmalloc.so"}, je) is None
+    assert allocator_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, je) is None
+
+
+@pytest.mark.parametrize("opt_out,restarts", [(None, 1), ("env", 0), ("flag", 0)])
+def test_lgld_train_restarts_once_and_keeps_its_exit_code(
+    tmp_path: Path, opt_out: str | None, restarts: int
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", "LGLD_ALLOCATOR", "LGLD_NO_REEXEC")}
+    argv = [sys.executable, "-m", "lgld.training.cli", "--data", str(tmp_path / "nope"),
+            "--out", str(tmp_path / "run")]
+    if opt_out == "env":
+        env["LGLD_NO_REEXEC"] = "1"
+    elif opt_out == "flag":
+        argv.append("--no-allocator-tuning")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2  # the restarted process's exit code is the command's
+    assert sum("restarting once" in line for line in lines) == restarts
+    assert lines[-1].startswith("lgld-train: error: data folder not found")
+    assert len(lines) == 1 + restarts

@@ -107,7 +107,7 @@ def reexec_with_allocator(prog: str, argv: Sequence[str]) -> None:
         return
     if not _quiet_rank():
         shown = " ".join(f"{k}={v}" for k, v in changes.items() if k != MARK_ENV)
-        print(f"{prog}: restarting once with {name} ({shown}) for faster CPU training; "
+        print(f"{prog}: restarting once with {name} ({shown}), faster on CPU; "
               f"{OPT_OUT_ENV}=1 or {OPT_OUT_FLAG} skips this", file=sys.stderr, flush=True)
     env = {**os.environ, **changes}
     try:

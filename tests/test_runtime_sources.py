@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import install_fake_picamera2, sample_image, write_video
+from conftest import ASSETS, install_fake_picamera2, sample_image, write_video
 
 from lgld.runtime.config import SourceSection
 from lgld.runtime.sources import (
@@ -18,6 +18,7 @@ from lgld.runtime.sources import (
     SourceError,
     open_source,
     opencv,
+    probe,
 )
 from lgld.runtime.sources.demo import DemoSource
 from lgld.runtime.sources.images import ImageFolderSource
@@ -231,3 +232,19 @@ def test_demo_is_reproducible_moves_and_drifts_out_of_focus():
         DemoSource("nope")
     wbc = open_source("demo:wbc", small_cfg(), roi_size=0.5)
     assert wbc.read().image.shape == (240, 320, 3) and wbc.name == "demo:wbc"
+
+
+@pytest.mark.parametrize("spec", ["bogus", "video:", "camera:-1", "picamera2:x", "images:"])
+def test_the_doctor_and_the_run_reject_a_bad_spec_with_the_same_words(spec):
+    with pytest.raises(SourceError) as err:
+        open_source(spec, small_cfg())
+    assert probe(spec) == (False, str(err.value))
+
+
+def test_the_doctor_probes_every_backend_without_opening_a_camera(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), sample_image())
+    assert probe(f"images:{tmp_path}") == (True, f"{tmp_path}: 1 image(s)")
+    cells = len(list(ASSETS.glob("wbc5-*.jpg")))
+    assert probe("demo:wbc") == (True, f"demo: {cells} bundled sample images")
+    assert probe("rtsp://cam/stream")[0] is None
+    assert probe("video:/nonexistent.mp4") == (False, "/nonexistent.mp4: cannot read")

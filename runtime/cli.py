@@ -37,7 +37,7 @@ from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.systemd import Notifier
-from lgld.runtime.web import App, HttpServer, ServerError
+from lgld.runtime.web import STALE_AFTER_S, App, HttpServer, ServerError
 
 PROG = "lgld-run"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL, EXIT_SOURCE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
@@ -197,8 +197,9 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
+                stale_after_s = max(STALE_AFTER_S, 2 * cfg.source.timeout_s)
                 server.start(App(pipeline, renderer, cfg.http.stream_max_fps,
-                                 cfg.http.snapshot_dir, max(5.0, 2 * cfg.source.timeout_s)))
+                                 cfg.http.snapshot_dir, stale_after_s))
             show, why = preview_possible(cfg.display.preview)
             if show:
                 try:

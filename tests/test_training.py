@@ -371,3 +371,21 @@ def test_lgld_train_restarts_once_and_keeps_its_exit_code(
     assert sum("restarting once" in line for line in lines) == restarts
     assert lines[-1].startswith("lgld-train: error: data folder not found")
     assert len(lines) == 1 + restarts
+
+
+def test_throughput_table_reports_medians_and_ratios_to_the_reference_step() -> None:
+    from lgld.training.throughput import format_training, summarise
+
+    def run(ips: float, user: float, images: int = 64) -> dict:
+        return {"images_per_second": ips, "user_s": user, "sys_s": 1.0, "images": images,
+                "allocator": "x"}
+
+    table = summarise({"reference": [run(1.0, 30.0), run(3.0, 50.0), run(2.0, 40.0)],
+                       "lgld-train": [run(5.0, 10.0, 128), run(4.0, 12.0, 128),
+                                      run(9.0, 11.0, 128)]})
+    assert table["reference"]["images_per_second"] == 2.0 and table["reference"]["ratio"] == 1
+    assert table["lgld-train"]["ratio"] == pytest.approx(2.5)
+    assert table["lgld-train"]["cpu_s_per_image"] == pytest.approx(12.0 / 128)
+    text = format_training({"batch": 32, "rounds": 3, "loadavg": [1.0, 2.5],
+                            "sizes": {"224": table}})
+    assert "2.50x" in text and "load average 1.0-2.5" in text

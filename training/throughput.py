@@ -8,7 +8,9 @@ Per input size and round, in fresh processes (an allocator is chosen at process 
 * lgld's model's bare step with that allocator;
 * the real ``lgld-train`` command, one paper-recipe epoch on a data folder, end to end:
   ``images_per_second`` from its log.jsonl (training, BatchNorm re-estimation and validation)
-  and the whole process's user/system CPU time; once as shipped (it restarts itself with its
+  and the whole process's user/system CPU time (start-up, decoding, BatchNorm re-estimation
+  and validation included, so its CPU seconds per training image are an upper bound); once as
+  shipped (it restarts itself with its
   allocator) and once with ``LGLD_NO_REEXEC=1`` (glibc defaults, as before the restart).
 
 Settings alternate within every round, so drifting background load hits them alike; the ratios
@@ -134,8 +136,10 @@ def lgld_train_epoch(data: str, size: int, env: Mapping[str, str], limit_per_cla
     restarted = [ln for ln in done.stderr.splitlines() if "restarting once" in ln]
     allocator = (restarted[0].split("with ", 1)[1].split(" (", 1)[0] if restarted
                  else current_allocator(env))
+    images = round(entry["images_per_second"] * entry["seconds"])  # training images seen
     return {"images_per_second": entry["images_per_second"], "epoch_s": entry["seconds"],
-            "process_wall_s": wall, "user_s": user, "sys_s": sys_, "allocator": allocator}
+            "process_wall_s": wall, "user_s": user, "sys_s": sys_, "images": images,
+            "allocator": allocator}
 
 
 def measure_training(reference: str, data: str, sizes: Sequence[int], rounds: int = 2,
@@ -181,6 +185,8 @@ def summarise(rows: Mapping[str, list[dict]]) -> dict[str, Any]:
             "all_images_per_second": [round(r["images_per_second"], 3) for r in runs],
             "user_s": statistics.median(r["user_s"] for r in runs),
             "sys_s": statistics.median(r["sys_s"] for r in runs),
+            "cpu_s_per_image": statistics.median((r["user_s"] + r["sys_s"]) / r["images"]
+                                                 for r in runs),
             "allocator": runs[0]["allocator"],
         }
     base = next(iter(table.values()))["images_per_second"]
@@ -196,11 +202,11 @@ def format_training(results: Mapping[str, Any]) -> str:
              f"rounds; 1-min load average {min(load):.1f}-{max(load):.1f})"]
     for size, table in results["sizes"].items():
         lines.append(f"{size} px  {'setting':<34} {'img/s':>7} {'x ref':>6} {'user s':>7} "
-                     f"{'sys s':>6}  allocator")
+                     f"{'sys s':>6} {'CPU s/img':>9}  allocator")
         for name, row in table.items():
             lines.append(f"        {name:<34} {row['images_per_second']:7.2f} "
-                         f"{row['ratio']:5.2f}x {row['user_s']:7.1f} {row['sys_s']:6.1f}  "
-                         f"{row['allocator']}")
+                         f"{row['ratio']:5.2f}x {row['user_s']:7.1f} {row['sys_s']:6.1f} "
+                         f"{row['cpu_s_per_image']:9.2f}  {row['allocator']}")
     return "\n".join(lines)
 
 

@@ -30,8 +30,9 @@ def small_folder(dest: Path, n: int = 12) -> Path:
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node 2 -m lgld.training.cli ARGS`` on one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("LGLD_NO_REEXEC", None)
+    own = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_CONF", "LGLD_ALLOCATOR", "LGLD_NO_REEXEC")
+    env = {k: v for k, v in os.environ.items() if k not in own}
+    env["OMP_NUM_THREADS"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "lgld.training.cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
@@ -48,7 +49,9 @@ def test_two_gloo_processes_write_one_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     err = done.stderr
     assert "x 2 processes" in err
-    assert err.count("restarting once") <= 1  # rank 0 announces its restart; rank 1 is quiet
+    if sys.platform.startswith("linux"):  # each rank restarts with the allocator; rank 0 says so
+        assert err.count("restarting once") == 1
+        assert "allocator glibc defaults" not in err
     assert err.count("split train") == 1  # only rank 0 made and wrote the split
     names = {p.name for p in out.iterdir()}
     assert {"split.json", "log.jsonl", "last.pt", "best.pt", "metrics.json", "report.txt",
@@ -57,10 +60,10 @@ def test_two_gloo_processes_write_one_run(tmp_path: Path) -> None:
     split = json.loads((out / "split.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1]
-    # Both shards counted: 18 training images, padded to 2 x 9, batches of 4 per process with
-    # the last partial batch dropped: 2 x 8 images seen, so accuracy is a multiple of 1/16.
-    assert split["counts"]["train"] == 18
-    assert (log[0]["train_accuracy"] * 16) == pytest.approx(round(log[0]["train_accuracy"] * 16))
+    # 16 training images, 8 per process in batches of 4: the log counts both shards (16), not
+    # rank 0's alone (8).
+    assert split["counts"]["train"] == 16
+    assert log[0]["train_images"] == 16
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["extra"]["epoch"] == 1
 

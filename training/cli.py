@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser
-from lgld.training.allocator import OPT_OUT_FLAG, reexec_with_allocator
+from lgld.training.allocator import OPT_OUT_FLAG, current_allocator, reexec_with_allocator
 from lgld.training.data import (
     LAYOUTS,
     DataError,
@@ -131,7 +131,8 @@ def run_training(args: argparse.Namespace) -> int:
     if world.main:
         print(f"{PROG}: {trainer.model_summary()} on {trainer.device}"
               + (f" x {world.size} processes" if world.distributed else "")
-              + f", recipe {recipe.name} ({recipe.epochs} epochs)", file=sys.stderr)
+              + f", recipe {recipe.name} ({recipe.epochs} epochs), allocator "
+              + current_allocator(), file=sys.stderr)
     try:
         trainer.fit()
     except KeyboardInterrupt:

@@ -341,7 +341,7 @@ class Trainer:
             entry = {
                 "epoch": epoch + 1, "input_size": size,
                 "train_loss": round(loss_sum / max(1, seen), 5),
-                "train_accuracy": round(correct / max(1, seen), 5),
+                "train_accuracy": round(correct / max(1, seen), 5), "train_images": int(seen),
                 "val_loss": round(val_loss, 5), "val_accuracy": round(m["accuracy"], 5),
                 "val_macro_f1": round(m["macro_f1"], 5),
                 "lr": self.opt.param_groups[0]["lr"],

@@ -110,7 +110,7 @@ def _child_rusage(run: Callable[[], subprocess.CompletedProcess]) -> tuple[Any, 
 
 def bare_step_in_fresh_process(factory: str, size: int, env: Mapping[str, str], batch: int,
                                steps: int, warmup: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "lgld.training.throughput", "--factory", factory,
+    cmd = [sys.executable, "-m", "lgld.training.throughput", "step", "--factory", factory,
            "--size", str(size), "--batch", str(batch), "--steps", str(steps),
            "--warmup", str(warmup)]
     done = subprocess.run(cmd, env=dict(env), capture_output=True, text=True)
@@ -210,18 +210,65 @@ def format_training(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _step_main(argv: list[str] | None = None) -> int:
-    """Child entry point: one bare-step measurement as a JSON line."""
-    p = argparse.ArgumentParser(prog="python -m lgld.training.throughput")
-    p.add_argument("--factory", default=LGLD_FACTORY)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    a = p.parse_args(argv)
-    print(json.dumps(bare_step(a.factory, a.size, a.batch, a.steps, a.warmup)))
+def parse_sizes(text: str) -> list[int]:
+    """``224,160`` -> [224, 160] (multiples of 16, >= 32, as lgld-train takes them)."""
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"sizes must be comma-separated integers, got {text!r}") from None
+    bad = [s for s in sizes if s < 32 or s % 16]
+    if not sizes or bad:
+        raise ValueError(f"sizes must be multiples of 16, >= 32; got {text!r}")
+    return sizes
+
+
+def _parser() -> argparse.ArgumentParser:
+    from lgld.runtime.core.cliutil import OneLineParser
+
+    p = OneLineParser(prog="python -m lgld.training.throughput",
+                      description="lgld-train's img/s against a reference bare training step")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="the table (what lgld-bench --train runs)")
+    c.add_argument("--reference", required=True, metavar="MODULE:CALLABLE",
+                   help="the reference model factory, e.g. lgld.export.reference:ReferenceLGLDNet")
+    c.add_argument("--data", required=True, help="a labelled image folder (e.g. ALL/)")
+    c.add_argument("--sizes", default="224", help="input sizes (default 224)")
+    c.add_argument("--rounds", type=int, default=2)
+    c.add_argument("--limit-per-class", type=int, default=40)
+    c.add_argument("--steps", type=int, default=2, help="timed bare steps per round")
+    c.add_argument("--json", metavar="OUT", help="also write the results here")
+    s = sub.add_parser("step", help="one bare-step measurement as a JSON line (a child)")
+    s.add_argument("--factory", default=LGLD_FACTORY)
+    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--steps", type=int, default=3)
+    s.add_argument("--warmup", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--factory":  # TEMP: children of an older parent
+        argv = ["step", *argv]
+    a = _parser().parse_args(argv)
+    if a.command == "step":
+        print(json.dumps(bare_step(a.factory, a.size, a.batch, a.steps, a.warmup)))
+        return 0
+    try:
+        if a.rounds < 1 or a.steps < 1 or a.limit_per_class < 3:
+            raise ValueError("--rounds and --steps must be >= 1, --limit-per-class >= 3")
+        load_factory(a.reference)
+        results = measure_training(a.reference, a.data, parse_sizes(a.sizes), a.rounds,
+                                   a.steps, limit_per_class=a.limit_per_class,
+                                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ValueError, ImportError, AttributeError, RuntimeError, OSError) as exc:
+        print(f"lgld training throughput: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_training(results))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_step_main())
+    sys.exit(main())

@@ -16,7 +16,7 @@ from lgld.models.lgld_net import LGLDNet, ModelConfig
 from lgld.runtime.core.preprocess import PreprocessSpec
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data" / "zoo_samples"  # bundled samples
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

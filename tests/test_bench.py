@@ -12,7 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lgld.export.bench import aggregate_profile, main, summarize_rss  # noqa: E402
+from lgld.export.bench.cli import main  # noqa: E402
+from lgld.export.bench.ort_profile import aggregate_profile  # noqa: E402
+from lgld.export.bench.rss import summarize_rss  # noqa: E402
 from lgld.export.onnx_export import export_model  # noqa: E402
 from lgld.models.lgld_net import LGLDNet  # noqa: E402
 
@@ -30,7 +32,7 @@ class NoTorch:
         return None
 
 sys.meta_path.insert(0, NoTorch())
-from lgld.export.bench import main
+from lgld.export.bench.cli import main
 code = main(sys.argv[1:] + ["--input-size", "48"])  # re-export without torch: refused
 print("input-size exit", code, flush=True)
 sys.exit(main(sys.argv[1:]))
@@ -185,7 +187,7 @@ def test_bad_input_is_one_line(
 
 
 def test_interleaved_timing_runs_rounds_with_an_untimed_call_per_block() -> None:
-    from lgld.export.measure import time_interleaved
+    from lgld.export.bench.timing import time_interleaved
 
     calls: list[str] = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}

@@ -87,12 +87,14 @@ def export_at_size(m: Models, size: int, tmp: Path) -> tuple[Path, int]:
     return export_onnx(model, m.info, size, tmp / f"menu-{size}.onnx"), count_macs(model).total
 
 
-def _without_torch_rows(m: Models, clf: OnnxClassifier, reason: str, weights: str) -> Models:
+def _without_torch_rows(m: Models, clf: OnnxClassifier, reason: str, weights: str,
+                        needs: str = "torch + onnx to re-export (pip install 'lgld[train]')"
+                        ) -> Models:
+    """Rows 1-2 skipped for ``reason``: MACs from the ONNX model, no re-export possible."""
     if m.input_size != m.info.input_size:
         raise BenchError(
             f"--input-size {m.input_size} differs from the model's {m.info.input_size} px and "
-            "needs torch + onnx to re-export (pip install 'lgld[train]'), or pass a model "
-            f"exported at {m.input_size} px"
+            f"needs {needs}, or pass a model exported at {m.input_size} px"
         )
     m.notes.append(f"rows 1-2 skipped: {reason}")
     m.torch_skip, m.weights = reason, weights
@@ -158,7 +160,7 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
             return _without_torch_rows(
                 m, clf, f"no checkpoint {pt} next to {path.parent} or in ./models/zoo (the "
                 "runtime install ships no .pt; run from a dev checkout or pass --checkpoint)",
-                "n/a (no checkpoint)")
+                "n/a (no checkpoint)", needs=f"its checkpoint {pt} to re-export")
     else:
         weights_match_onnx = True
         if size == info.input_size:

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 
 from lgld.export.bench import BenchError
+from lgld.runtime.config import TrustSection
 from lgld.runtime.core.session import OnnxClassifier
-from lgld.runtime.demo import DemoSource
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
-from lgld.runtime.quality import QualityThresholds
-from lgld.runtime.server import Renderer
+from lgld.runtime.render import Renderer
+from lgld.runtime.sources.demo import DemoSource
+from lgld.runtime.web.mjpeg import stream_mjpeg
 
 FRAME_SIZE = (640, 480)
-STREAM_MAX_FPS = 30.0  # one MJPEG viewer, capped like lgld-run's http.stream_max_fps default
 STAGES = ("capture", "quality gate", "preprocess", "inference", "smoothing", "overlay",
           "JPEG encode")
 
@@ -31,8 +31,8 @@ def bench_settings() -> PipelineSettings:
     """Pipeline settings with the quality gate open, so every frame is classified."""
     return PipelineSettings(
         mode="field",
-        thresholds=QualityThresholds(min_focus=0.0, dark_level=0, bright_level=255,
-                                     max_dark_fraction=1.0, max_bright_fraction=1.0),
+        trust=TrustSection(min_focus=0.0, dark_level=0, bright_level=255,
+                           max_dark_fraction=1.0, max_bright_fraction=1.0),
     )
 
 
@@ -117,18 +117,8 @@ def run_pipeline(
     stop = threading.Event()
     sent = [0]
 
-    def viewer() -> None:  # what one /stream.mjpg client costs
-        seq, last = 0, 0.0
-        while not stop.is_set():
-            seq, frame, result = pipe.hub.wait_frame(seq, timeout=0.5)
-            if frame is None:
-                continue
-            wait = last + 1.0 / STREAM_MAX_FPS - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            renderer.jpeg(frame, result)
-            sent[0] += 1
-            last = time.monotonic()
+    def viewer() -> None:  # one /stream.mjpg client, through the runtime's own streaming code
+        sent[0] = stream_mjpeg(lambda part: None, pipe, renderer, stop)  # lgld-run's fps cap
 
     thread = threading.Thread(target=viewer, name="lgld-bench-viewer", daemon=True)
     t0 = time.perf_counter()

@@ -77,7 +77,7 @@ def export_tiny_onnx(
 
 
 def sample_folder(dest: Path, per_class: int = 2, dataset: str = "ALL") -> Path | None:
-    """Copy a few images per class of a shared data set into ``dest`` (None if absent)."""
+    """Copy a few bundled sample images per class into ``dest`` (None if absent)."""
     root = DATA / dataset
     if not root.is_dir():
         return None

@@ -186,6 +186,8 @@ class Trainer:
             num_classes=len(self.classes), input_size=cfg.input_size, variant=cfg.variant
         )
         self.model = LGLDNet(model_cfg).to(self.device)
+        if self.distributed:  # same initial weights everywhere, but each rank its own dropout
+            torch.manual_seed(cfg.seed + self.world.rank)
         self.spec = PreprocessSpec(input_size=cfg.input_size)
         r = cfg.recipe
         groups = param_groups(self.model, r.weight_decay)

@@ -34,17 +34,6 @@ from lgld.training.recipes import Recipe
 BN_BATCHES = 24  # clean training batches used to re-estimate BatchNorm statistics per epoch
 
 
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    """channels_last on CPU (oneDNN's convolutions run NHWC natively; measured in
-    docs/performance.md), PyTorch's default layout elsewhere."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
-
-
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A batch on ``device`` in the layout the model there is kept in."""
-    return x.to(device, non_blocking=True).contiguous(memory_format=memory_format_for(device))
-
-
 @dataclass
 class TrainConfig:
     """Everything a run depends on (saved with it; --resume must match)."""
@@ -122,7 +111,7 @@ def predict(model: torch.nn.Module, loader: DataLoader, device: torch.device) ->
     model.eval()
     ys, ps, loss_sum = [], [], 0.0
     for x, y in loader:
-        x, y = to_device(x, device), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -153,7 +142,7 @@ def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.dev
         if i >= max_batches:
             break
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            model(to_device(x, device))
+            model(x.to(device, non_blocking=True))
     for m, (momentum, training) in zip(bns, saved, strict=True):
         m.momentum = momentum
         m.train(training)
@@ -196,8 +185,7 @@ class Trainer:
         model_cfg = ModelConfig(
             num_classes=len(self.classes), input_size=cfg.input_size, variant=cfg.variant
         )
-        self.model = LGLDNet(model_cfg).to(self.device,
-                                           memory_format=memory_format_for(self.device))
+        self.model = LGLDNet(model_cfg).to(self.device)
         if self.distributed:  # same initial weights everywhere, but each rank its own dropout
             torch.manual_seed(cfg.seed + self.world.rank)
         self.spec = PreprocessSpec(input_size=cfg.input_size)
@@ -326,7 +314,7 @@ class Trainer:
             for i, (x, y) in enumerate(bar):
                 for g in self.opt.param_groups:
                     g["lr"] = r.lr * lr_factor(r, epoch * steps + i, steps)
-                x, y = to_device(x, self.device), y.to(self.device, non_blocking=True)
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                     logits = self.ddp_model(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)

@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workers", type=int, default=1, help="data-loader worker processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader worker processes (default: 0 on CPU, where the decoded "
+                   "images are in memory and the cores belong to the model; 4 on CUDA)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--color-jitter", type=float,
                    help="scale of colour/stain augmentation (default 1; 0 = geometric only)")
@@ -90,7 +92,7 @@ def prepare_run(args: argparse.Namespace, out: Path) -> Split:
 def run_training(args: argparse.Namespace) -> int:
     from lgld.models.checkpoint import CheckpointError
     from lgld.training.distributed import broadcast_object, init_world
-    from lgld.training.loop import TrainConfig, Trainer
+    from lgld.training.loop import TrainConfig, Trainer, default_workers
     from lgld.training.report import final_report
 
     out = Path(args.out)
@@ -117,7 +119,8 @@ def run_training(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
     cfg = TrainConfig(
         data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
-        variant=args.variant, seed=args.seed, device=args.device, workers=args.workers,
+        variant=args.variant, seed=args.seed, device=args.device,
+        workers=args.workers if args.workers is not None else default_workers(args.device),
         deterministic=args.deterministic, dataset_name=args.name, init=args.init,
     )
     try:

@@ -82,6 +82,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_workers(device: str) -> int:
+    """Loader processes when --workers is not given: none on CPU (a worker would take a core
+    from the model for work that is a small fraction of a step), 4 (at most the cores) on CUDA."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return min(4, os.cpu_count() or 1) if cuda else 0
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms and the 1-D FFM scales."""
     decay, no_decay = [], []

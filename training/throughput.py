@@ -247,9 +247,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--factory":  # TEMP: children of an older parent
-        argv = ["step", *argv]
     a = _parser().parse_args(argv)
     if a.command == "step":
         print(json.dumps(bare_step(a.factory, a.size, a.batch, a.steps, a.warmup)))

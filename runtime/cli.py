@@ -23,6 +23,7 @@ import cv2
 from lgld.runtime.config import (
     ConfigError,
     RunConfig,
+    allowed_hosts,
     load_config,
     parse_listen,
     parse_roi,
@@ -36,6 +37,7 @@ from lgld.runtime.resultlog import ResultLog, ResultLogError
 from lgld.runtime.sdnotify import Notifier
 from lgld.runtime.server import App, HttpServer, Renderer, ServerError
 from lgld.runtime.sources import SourceError, open_source
+from lgld.runtime.web_guard import AccessGuard, is_loopback, load_token
 
 PROG = "lgld-run"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL, EXIT_SOURCE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
@@ -45,7 +47,7 @@ log = logging.getLogger("lgld.runtime")
 EPILOG = """\
 examples:
   lgld-run --source demo --http 8080          live demo, open http://127.0.0.1:8080/
-  lgld-run --model wbc5 --mode roi --http 0.0.0.0:8080 --log /var/lib/lgld/results.jsonl
+  lgld-run --model wbc5 --mode roi --http 8080 --log /var/lib/lgld/results.jsonl
   lgld-run --source images:slides/ --log out.jsonl     classify every image once
   lgld-run --print-config > lgld.toml                  then: lgld-run --config lgld.toml
   lgld-run --check                                     doctor: camera, model, log, port
@@ -82,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
-    p.add_argument("--http", metavar="[HOST:]PORT", help="serve the live page (host 127.0.0.1)")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve the live page (host 127.0.0.1; any other address opens it to the "
+                   "network: see docs/deploy.md)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
     p.add_argument("--preview", choices=("auto", "on", "off"), help="local preview window")
     p.add_argument("--config", metavar="FILE.toml", help="configuration file")
@@ -168,6 +172,7 @@ def run(cfg: RunConfig) -> int:
     from lgld.runtime.preview import PreviewWindow, preview_possible
 
     threads = cfg.model.threads or default_threads()
+    token = load_token(cfg.http) if cfg.http.listen else ""
     try:
         classifier = OnnxClassifier(resolve_model(cfg.model.path), threads=threads)
     except ModelLoadError as exc:
@@ -184,6 +189,7 @@ def run(cfg: RunConfig) -> int:
                                            cfg.log.fsync_interval_s)
                 if cfg.http.listen:
                     server = HttpServer(*parse_listen(cfg.http.listen))
+                    _warn_if_exposed(server.host, server.port, token)
                 scene = "wbc" if cfg.inference.mode == "roi" else "all"
                 source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
             except (ResultLogError, ServerError, SourceError) as exc:
@@ -195,8 +201,14 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
-                server.start(App(pipeline, renderer, cfg.http.stream_max_fps,
-                                 cfg.http.snapshot_dir, max(5.0, 2 * cfg.source.timeout_s)))
+                server.start(App(
+                    pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
+                    max(5.0, 2 * cfg.source.timeout_s),
+                    guard=AccessGuard(allowed_hosts(cfg.http.allowed_hosts), token),
+                    max_streams=cfg.http.max_streams,
+                    snapshot_min_interval_s=cfg.http.snapshot_min_interval_s,
+                    snapshot_max_bytes=cfg.http.snapshot_max_mb * 1_000_000,
+                ))
             show, why = preview_possible(cfg.display.preview)
             if show:
                 try:
@@ -213,7 +225,6 @@ def run(cfg: RunConfig) -> int:
                 f" | log {result_log.path}" if result_log else "",
             )
             pipeline.start()
-            notifier.ready(f"classifying {source.name}")
             _main_loop(pipeline, renderer, stop, notifier, preview)
     finally:
         notifier.stopping()
@@ -242,12 +253,28 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
 
 
+def _warn_if_exposed(host: str, port: int, token: str) -> None:
+    """Say it when the page is reachable from other machines, and louder without a token."""
+    if is_loopback(host):
+        return
+    log.warning("http: listening on %s:%d: the live page, stream and snapshots are reachable "
+                "from the network (only 127.0.0.1 keeps them on this machine)", host, port)
+    if not token:
+        log.warning("http: no access token: anyone who can reach %s:%d can watch and save "
+                    "snapshots; set [http] token_file or $LGLD_HTTP_TOKEN (docs/deploy.md)",
+                    host, port)
+
+
 def _main_loop(pipeline: Pipeline, renderer: Renderer, stop: threading.Event,
                notifier: Notifier, preview: Any) -> None:
-    """Wait for the end; meanwhile ping the watchdog, update STATUS and the preview window."""
-    last_status, shown = 0.0, -1
+    """Wait for the end; meanwhile send READY after the first frame, ping the watchdog, update
+    STATUS and the preview window."""
+    last_status, shown, ready = 0.0, -1, False
     tick = 0.03 if preview is not None else 0.2
     while not stop.is_set() and not pipeline.finished.wait(tick):
+        if not ready and pipeline.stats.frames > 0:  # the camera delivers: now we are up
+            ready = True
+            notifier.ready(f"classifying {pipeline.source.name}")
         now = time.monotonic()
         healthy = pipeline.alive() and now - pipeline.heartbeat < 10.0
         notifier.watchdog(healthy)

@@ -3,6 +3,7 @@ models, and readiness. Each test reproduces one finding of the probe."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -137,12 +138,15 @@ def test_a_png_claiming_ten_billion_pixels_is_refused_without_decoding(tmp_path)
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif", ".webp"])
 def test_image_headers_are_read_for_every_supported_format(tmp_path, suffix):
-    from lgld.runtime.core.imageheader import image_size
+    from lgld.runtime.core.imageheader import read_image_size
 
     image = cv2.resize(sample_image("all-pre"), (123, 77))
-    ok, data = cv2.imencode(suffix, image)
-    assert ok
-    assert image_size(data.tobytes()[:4096]) == (123, 77)
+    path = tmp_path / f"x{suffix}"
+    assert cv2.imwrite(str(path), image)
+    assert read_image_size(path) == (123, 77)
+    assert read_image(path, max_pixels=123 * 77).shape == (77, 123, 3)
+    with pytest.raises(ImageError, match="123x77"):
+        read_image(path, max_pixels=123 * 77 - 1)
 
 
 def test_an_image_over_the_pixel_limit_is_skipped_and_the_good_one_beside_it_classified(
@@ -372,10 +376,8 @@ def test_ready_is_sent_after_the_first_frame_not_when_the_source_opens(
     try:
         deadline = time.monotonic() + 1.5  # model loaded and source open well before this
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(OSError):
                 messages.append(listener.recv(256).decode())
-            except OSError:
-                pass
         before_frame = list(messages)
         release.set()
         thread.join(20)

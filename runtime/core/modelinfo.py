@@ -88,7 +88,10 @@ class ModelInfo:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelInfoError(f"{source} has damaged lgld metadata: {exc}") from None
-        if int(props.get(PREFIX + "input_size", spec.input_size)) != spec.input_size:
+        size_text = props.get(PREFIX + "input_size", str(spec.input_size))
+        if not size_text.strip().isdigit():
+            raise ModelInfoError(f"{source}: lgld.input_size {size_text[:40]!r} is not a number")
+        if int(size_text) != spec.input_size:
             raise ModelInfoError(f"{source}: input_size and preprocess disagree")
         if len(classes) < 2:
             raise ModelInfoError(f"{source}: needs at least 2 classes, has {len(classes)}")

@@ -271,10 +271,13 @@ def _main_loop(pipeline: Pipeline, renderer: Renderer, stop: threading.Event,
     STATUS and the preview window."""
     last_status, shown, ready = 0.0, -1, False
     tick = 0.03 if preview is not None else 0.2
-    while not stop.is_set() and not pipeline.finished.wait(tick):
+    while not stop.is_set():
+        finished = pipeline.finished.wait(tick)
         if not ready and pipeline.stats.frames > 0:  # the camera delivers: now we are up
             ready = True
             notifier.ready(f"classifying {pipeline.source.name}")
+        if finished:
+            break
         now = time.monotonic()
         healthy = pipeline.alive() and now - pipeline.heartbeat < 10.0
         notifier.watchdog(healthy)

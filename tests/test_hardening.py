@@ -392,3 +392,12 @@ def test_ready_is_sent_after_the_first_frame_not_when_the_source_opens(
     assert outcome.get("rc") == 0, capsys.readouterr().err
     assert not any(m.startswith("READY=1") for m in before_frame), before_frame
     assert any(m.startswith("READY=1") for m in messages), messages
+
+
+# -- 8. memory: the unit caps glibc's malloc arenas ----------------------------------------------
+
+
+def test_the_service_unit_caps_malloc_arenas():
+    unit = (Path(__file__).resolve().parents[1] / "deploy" / "lgld.service").read_text()
+    env = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("Environment=")]
+    assert "MALLOC_ARENA_MAX=2" in env

@@ -17,16 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from runtime_fixtures import (
-    FakeClassifier,
-    read_jsonl,
-    sample_image,
-    small_demo_config,
-    tiny_model,  # noqa: F401 - fixture
-)
+from conftest import FakeClassifier, read_jsonl, sample_image, small_demo_config
 
 from lgld.runtime import cli
+from lgld.runtime.config import TrustSection
 from lgld.runtime.core.preprocess import ImageError, read_image
+from lgld.runtime.pipeline import Pipeline, PipelineSettings
+from lgld.runtime.results import ResultLog, ResultLogError
+from lgld.runtime.sources.demo import DemoSource
 
 
 def strict_loads(text: str):
@@ -39,7 +37,7 @@ def strict_loads(text: str):
 
 
 @pytest.fixture
-def base(tiny_model, tmp_path):  # noqa: F811
+def base(tiny_model, tmp_path):
     config = small_demo_config(tmp_path)
     return ["--model", str(tiny_model), "--config", str(config), "--preview", "off",
             "--threads", "1"]
@@ -75,16 +73,7 @@ class _DiskFullAfter:
         return getattr(self.handle, name)
 
 
-def _results_log_class():
-    try:
-        from lgld.runtime.results import ResultLog, ResultLogError
-    except ImportError:
-        from lgld.runtime.resultlog import ResultLog, ResultLogError
-    return ResultLog, ResultLogError
-
-
 def test_a_write_that_fails_on_a_full_disk_leaves_only_whole_lines(tmp_path):
-    ResultLog, ResultLogError = _results_log_class()
     path = tmp_path / "r.jsonl"
     log = ResultLog(path)
     log.write({"n": 1})
@@ -100,7 +89,6 @@ def test_a_write_that_fails_on_a_full_disk_leaves_only_whole_lines(tmp_path):
 
 
 def test_a_log_left_without_a_final_newline_is_ended_before_the_next_record(tmp_path):
-    ResultLog, _ = _results_log_class()
     path = tmp_path / "r.jsonl"
     path.write_bytes(b'{"n":1}\n{"n":2,"tor')  # e.g. a power cut mid-write on another system
     with ResultLog(path) as log:
@@ -193,15 +181,9 @@ def test_a_batch_where_no_image_could_be_read_exits_non_zero_and_says_why(base, 
 
 
 def _pipeline(classifier):
-    try:
-        from lgld.runtime.sources.demo import DemoSource
-    except ImportError:
-        from lgld.runtime.demo import DemoSource
-    from lgld.runtime.pipeline import Pipeline, PipelineSettings
-
     source = DemoSource("all", size=(160, 120), fps=60)
     source.open()
-    return Pipeline(source, classifier, PipelineSettings(window=4)), source
+    return Pipeline(source, classifier, PipelineSettings(trust=TrustSection(window=4))), source
 
 
 def test_nan_model_output_is_an_invalid_output_state_never_ok_and_the_record_is_strict_json():

@@ -13,32 +13,22 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import (
-    FakeClassifier,
-    small_demo_config,
-    tiny_model,  # noqa: F401 - fixture
-)
+from conftest import FakeClassifier, small_demo_config
 
 from lgld.runtime import cli
+from lgld.runtime.config import TrustSection
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
-
-try:
-    from lgld.runtime.sources.demo import DemoSource
-except ImportError:
-    from lgld.runtime.demo import DemoSource
-try:
-    from lgld.runtime.web.guard import AccessGuard, load_token
-    from lgld.runtime.web.server import App, HttpServer, Renderer
-except ImportError:
-    from lgld.runtime.server import App, HttpServer, Renderer
-    from lgld.runtime.web_guard import AccessGuard, load_token
+from lgld.runtime.render import Renderer
+from lgld.runtime.sources.demo import DemoSource
+from lgld.runtime.web import App, HttpServer
+from lgld.runtime.web.guard import AccessGuard, load_token
 
 
 def serve(tmp_path, guard=None, **app_kwargs):
     """A demo pipeline (fake classifier) on a free loopback port; returns (server, pipeline)."""
     source = DemoSource("all", size=(160, 120), fps=60)
     source.open()
-    pipeline = Pipeline(source, FakeClassifier(), PipelineSettings(window=4))
+    pipeline = Pipeline(source, FakeClassifier(), PipelineSettings(trust=TrustSection(window=4)))
     server = HttpServer("127.0.0.1", 0)
     kwargs = {"stream_max_fps": 60, "snapshot_dir": str(tmp_path / "snaps"), **app_kwargs}
     server.start(App(pipeline, Renderer(pipeline, 80), guard=guard or AccessGuard(), **kwargs))
@@ -190,7 +180,7 @@ def test_the_token_comes_from_the_environment_or_the_token_file(tmp_path, monkey
 
 
 @pytest.fixture
-def base(tiny_model, tmp_path):  # noqa: F811
+def base(tiny_model, tmp_path):
     config = small_demo_config(tmp_path)
     return ["--model", str(tiny_model), "--config", str(config), "--preview", "off",
             "--threads", "1"]

@@ -195,6 +195,7 @@ def test_nan_model_output_is_an_invalid_output_state_never_ok_and_the_record_is_
     assert {r.state for r in results} == {"invalid_output"}
     assert all(r.label is None for r in results)
     assert pipeline.stats.states["invalid_output"] == 3
+    assert 'lgld_results_total{state="invalid_output"} 3' in pipeline.snapshot().prometheus()
     for r in results:
         record = strict_loads(json.dumps(r.to_record(), allow_nan=False))
         assert record["state"] == "invalid_output" and record["class"] is None

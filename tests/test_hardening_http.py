@@ -24,11 +24,12 @@ from lgld.runtime.web import App, HttpServer
 from lgld.runtime.web.guard import AccessGuard, load_token
 
 
-def serve(tmp_path, guard=None, **app_kwargs):
+def serve(tmp_path, guard=None, classifier=None, **app_kwargs):
     """A demo pipeline (fake classifier) on a free loopback port; returns (server, pipeline)."""
     source = DemoSource("all", size=(160, 120), fps=60)
     source.open()
-    pipeline = Pipeline(source, FakeClassifier(), PipelineSettings(trust=TrustSection(window=4)))
+    pipeline = Pipeline(source, classifier or FakeClassifier(),
+                        PipelineSettings(trust=TrustSection(window=4)))
     server = HttpServer("127.0.0.1", 0)
     kwargs = {"stream_max_fps": 60, "snapshot_dir": str(tmp_path / "snaps"), **app_kwargs}
     server.start(App(pipeline, Renderer(pipeline, 80), guard=guard or AccessGuard(), **kwargs))
@@ -105,6 +106,26 @@ def test_a_post_from_a_foreign_origin_is_refused_and_saves_nothing(running, tmp_
     status, _, _ = request(server, "/api/snapshot", "POST",
                            headers={"Origin": f"http://127.0.0.1:{server.port}"})
     assert status == 200
+
+
+# -- strict JSON ----------------------------------------------------------------------------------
+
+
+def test_a_model_answering_nan_gives_strict_json_everywhere(running):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    server = running(classifier=FakeClassifier(probs=(float("nan"), 0.7, 0.1, 0.1)))
+    for path in ("/api/latest", "/snapshot.json"):
+        status, _, body = request(server, path)
+        document = json.loads(body, parse_constant=refuse)
+        assert status == 200
+        result = document["result"]
+        assert result["state"] == "invalid_output" and result["class"] is None
+    status, _, body = request(server, "/api/snapshot", "POST")
+    saved = json.loads(body, parse_constant=refuse)
+    json_file = next(Path(f) for f in saved["files"] if f.endswith(".json"))
+    json.loads(json_file.read_text(), parse_constant=refuse)
 
 
 # -- snapshots: rate and size ---------------------------------------------------------------------

@@ -15,7 +15,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -37,6 +40,7 @@ from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
 from lgld.runtime.sources import SourceError, open_source
+from lgld.runtime.sources.images import ImageFolderSource
 from lgld.runtime.systemd import Notifier
 from lgld.runtime.web import STALE_AFTER_S, App, HttpServer, ServerError
 from lgld.runtime.web.guard import AccessGuard, is_loopback, load_token
@@ -169,6 +173,20 @@ def _print_batch_line(result: Result) -> None:
     print(f"{result.name}\t{label}\t{conf}\t{result.state}", flush=True)
 
 
+def _print_skip_line(path: Path, reason: str) -> None:
+    print(f"{path}\t-\t-\tskipped: {reason}", flush=True)
+
+
+def _skip_logger(result_log: ResultLog, source: str) -> Callable[[Path, str], None]:
+    """A skip listener that writes one log line per skipped file (readers tell it by event)."""
+
+    def write(path: Path, reason: str) -> None:
+        result_log.write({"event": "skip", "ts": datetime.now(UTC).isoformat(
+            timespec="milliseconds"), "source": source, "file": str(path), "reason": reason})
+
+    return write
+
+
 def run(cfg: RunConfig) -> int:
     """Run the live pipeline until stopped; returns the exit status."""
     from lgld.runtime.preview import PreviewWindow, preview_possible
@@ -199,6 +217,10 @@ def run(cfg: RunConfig) -> int:
             listeners: list = [result_log] if result_log else []
             if source.batch:
                 listeners.append(_print_batch_line)
+            if isinstance(source, ImageFolderSource):
+                source.skip_listeners.append(_print_skip_line)
+                if result_log is not None:
+                    source.skip_listeners.append(_skip_logger(result_log, source.name))
             pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
                                 classifier.info.name, listeners)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
@@ -240,10 +262,14 @@ def run(cfg: RunConfig) -> int:
                 with suppress(Exception):
                     resource.close()
     assert pipeline is not None
-    log.info("%s%s", pipeline.snapshot().summary_line(),
+    skipped = source.skipped if isinstance(source, ImageFolderSource) else 0
+    log.info("%s%s%s", pipeline.snapshot().summary_line(),
+             f"; {skipped} skipped (unreadable or over source.max_image_pixels)" if skipped else "",
              f"; log {result_log.path} ({result_log.lines} lines)" if result_log else "")
     if pipeline.failure is not None:
         return _error(_exit_code(pipeline.failure), _message(pipeline.failure))
+    if pipeline.batch and pipeline.stats.results == 0:
+        return _error(EXIT_SOURCE, f"no image could be read ({skipped} skipped, see above)")
     return EXIT_OK
 
 

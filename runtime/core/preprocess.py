@@ -72,7 +72,8 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     if max_pixels is not None:
         size = read_image_size(path)
         if size is None:
-            raise ImageError(f"not a readable PNG, JPEG, BMP, TIFF or WebP header: {path}")
+            raise ImageError("cannot decode image (not a PNG, JPEG, BMP, TIFF or WebP header): "
+                             f"{path}")
         width, height = size
         if width * height > max_pixels:
             raise ImageError(f"image {width}x{height} ({width * height} pixels) is over the "

@@ -177,8 +177,9 @@ class Soak:
         total = sum(statuses.values())
         ok = statuses.get(200, 0) >= 2 and statuses.get(429, 0) > 0 and size <= 1_000_000
         saved, refused = statuses.get(200, 0), statuses.get(429, 0)
-        self.report(ok, "snapshots", f"{total} POSTs in 4 s, 4 at a time: {saved} saved, {refused} refused "
-                    f"(429), {total - saved - refused} other; folder {size / 1e6:.2f} MB "
+        self.report(ok, "snapshots", f"{total} POSTs in 4 s, 4 at a time: {saved} saved, "
+                    f"{refused} refused (429), {total - saved - refused} other; folder "
+                    f"{size / 1e6:.2f} MB "
                     "(cap 1 MB)")
 
     def bad_requests(self, port: int) -> None:

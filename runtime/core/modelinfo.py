@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from lgld.runtime.core import strictjson
 from lgld.runtime.core.preprocess import PreprocessSpec
 
 PREFIX = "lgld."
@@ -57,7 +58,7 @@ class ModelInfo:
             PREFIX + "input_size": str(self.input_size),
             PREFIX + "preprocess": json.dumps(self.preprocess.to_dict()),
             PREFIX + "variant": self.variant,
-            PREFIX + "training": json.dumps(self.training),
+            PREFIX + "training": strictjson.dumps(self.training),
             PREFIX + "checkpoint_sha256": self.checkpoint_sha256,
             PREFIX + "version": self.lgld_version,
             PREFIX + "quantization": self.quantization,

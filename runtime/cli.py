@@ -1,8 +1,10 @@
 """``lgld-run``: live blood-cell classification from a microscope camera, headless first.
 
-Exit status: 0 done (stopped, --frames reached, or all images classified), 1 failure while
-running, 2 bad arguments or configuration, 3 model missing or not an lgld model, 4 camera or
-source absent, busy or unreadable, 5 output problem (log not writable, HTTP port in use).
+Exit status: 0 done (stopped, --frames reached, or every readable image classified; the
+others are skipped with a log line each), 1 failure while running, 2 bad arguments or
+configuration, 3 model missing or not an lgld model, 4 camera or source absent, busy or
+unreadable (also: no image of a batch could be read), 5 output problem (log not writable or
+the disk full, HTTP port in use).
 Every error is one line on stderr: ``lgld-run: error: ...``.
 """
 
@@ -59,8 +61,9 @@ examples:
   lgld-run --check                                     doctor: camera, model, log, port
 
 exit status: 0 ok, 1 failure while running, 2 bad arguments or configuration,
-3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable,
-5 output problem (log not writable, HTTP port in use)
+3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable
+(or no image of a batch readable), 5 output problem (log not writable or disk full,
+HTTP port in use)
 """
 
 

@@ -106,8 +106,9 @@ def run_checks(cfg: RunConfig) -> list[Check]:
     return checks
 
 
-def doctor(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
-    """Print the report; 0 when nothing failed, 1 otherwise."""
+def doctor(cfg: RunConfig, out: TextIO | None = None) -> int:
+    """Print the report (to sys.stdout as it is when called); 0 when nothing failed, else 1."""
+    out = out or sys.stdout
     checks = run_checks(cfg)
     for c in checks:
         mark = "warn" if c.warn else " ok " if c.ok else "FAIL" if c.ok is False else "info"

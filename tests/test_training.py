@@ -184,7 +184,7 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
     logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
             for d in (straight, resumed)]
-    drop = {"seconds", "images_per_second"}
+    drop = {"seconds", "train_seconds", "images_per_second"}
     assert [{k: v for k, v in e.items() if k not in drop} for e in logs[0]] == \
            [{k: v for k, v in e.items() if k not in drop} for e in logs[1]]
 
@@ -339,10 +339,12 @@ def test_allocator_choice_respects_opt_out_restart_mark_and_user_settings() -> N
     je = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
     name, env = allocator_environment({}, je)
     assert name == "jemalloc" and env["LD_PRELOAD"] == je and env["LGLD_ALLOCATOR"] == "jemalloc"
-    assert "retain:true" in env["MALLOC_CONF"]
+    assert "retain:true" in env["MALLOC_CONF"] and env["OMP_WAIT_POLICY"] == "PASSIVE"
     name, env = allocator_environment({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, None)
     assert name == "glibc-tunables"
     assert env["GLIBC_TUNABLES"] == f"glibc.pthread.rseq=0:{GLIBC_TUNABLES}"  # kept, extended
+    assert allocator_environment({"OMP_WAIT_POLICY": "ACTIVE"}, None)[1]["OMP_WAIT_POLICY"] \
+        == "ACTIVE"  # the user's OpenMP wait policy is kept
     assert allocator_environment({"LGLD_NO_REEXEC": "1"}, je) is None
     assert allocator_environment({"LGLD_ALLOCATOR": "jemalloc"}, je) is None  # never twice
     assert allocator_environment({"LD_PRELOAD": "/opt/libtcmalloc.so"}, je) is None
@@ -358,7 +360,8 @@ def test_lgld_train_restarts_once_and_keeps_its_exit_code(
     import sys
 
     env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", "LGLD_ALLOCATOR", "LGLD_NO_REEXEC")}
+           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", "LGLD_ALLOCATOR", "LGLD_NO_REEXEC",
+                         "OMP_WAIT_POLICY")}
     argv = [sys.executable, "-m", "lgld.training.cli", "--data", str(tmp_path / "nope"),
             "--out", str(tmp_path / "run")]
     if opt_out == "env":

@@ -9,6 +9,11 @@ be chosen before the process starts (``LD_PRELOAD``, ``GLIBC_TUNABLES``), hence 
   when the library is installed;
 * otherwise glibc's own tunables: mmap and trim thresholds raised to 4 GiB (no extra package).
 
+The same restart sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it): OpenMP threads
+that finish a parallel region sleep instead of spinning, so on a machine where other processes
+compete for the cores torch's threads do not burn the CPU time their siblings wait for (like
+the allocator, OpenMP reads it only at start-up). It changes scheduling, not results.
+
 The restart replaces the process (same PID, argv and exit code; torchrun's agent keeps
 watching it), prints one line on stderr, and happens at most once: the chosen setting is
 recorded in ``LGLD_ALLOCATOR`` and a process that finds it set never restarts again. Opt out
@@ -29,6 +34,7 @@ MARK_ENV = "LGLD_ALLOCATOR"  # set in the restarted process: never restart twice
 
 GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 JEMALLOC_CONF = "retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+OMP_WAIT_ENV = "OMP_WAIT_POLICY"
 JEMALLOC_NAMES = ("libjemalloc.so.2", "libjemalloc.so")
 LIBRARY_DIRS = (
     "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
@@ -58,16 +64,19 @@ def allocator_environment(
     preload = environ.get("LD_PRELOAD", "")
     if "malloc" in preload or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
         return None  # the user chose an allocator setting: keep it
+    threads = {OMP_WAIT_ENV: environ.get(OMP_WAIT_ENV) or "PASSIVE"}
     if jemalloc:
         conf = environ.get("MALLOC_CONF") or JEMALLOC_CONF
         return "jemalloc", {
             "LD_PRELOAD": f"{jemalloc}:{preload}" if preload else jemalloc,
             "MALLOC_CONF": conf,
+            **threads,
             MARK_ENV: "jemalloc",
         }
     tunables = environ.get("GLIBC_TUNABLES", "")
     return "glibc-tunables", {
         "GLIBC_TUNABLES": f"{tunables}:{GLIBC_TUNABLES}" if tunables else GLIBC_TUNABLES,
+        **threads,
         MARK_ENV: "glibc-tunables",
     }
 

@@ -334,6 +334,7 @@ class Trainer:
                 seen += len(y)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
             bar.close()
+            train_seconds = time.time() - t0  # the steps alone, without re-estimation, validation
             loss_sum, correct, seen = all_reduce_sum(
                 self.world, [loss_sum, correct, seen], self.device)
             if not self.main:
@@ -355,6 +356,7 @@ class Trainer:
                 "val_macro_f1": round(m["macro_f1"], 5),
                 "lr": self.opt.param_groups[0]["lr"],
                 "seconds": round(time.time() - t0, 1),
+                "train_seconds": round(train_seconds, 1),
                 "images_per_second": round(seen / max(1e-9, time.time() - t0), 2),
             }
             self.history.append(entry)

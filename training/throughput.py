@@ -4,8 +4,9 @@ Per input size and round, in fresh processes (an allocator is chosen at process 
 
 * the reference's bare training step (batch 32, Adam lr 1e-2, cross-entropy, random data) as
   its authors run it: plain ``python``, glibc's default allocator;
-* the same step with the allocator lgld-train picks (what the allocator alone buys);
-* lgld's model's bare step with that allocator;
+* the same step with the process settings lgld-train restarts itself with (allocator and
+  OpenMP wait policy: what those alone buy, the fair comparison);
+* lgld's model's bare step with those settings;
 * the real ``lgld-train`` command, one paper-recipe epoch on a data folder, end to end:
   ``images_per_second`` from its log.jsonl (training, BatchNorm re-estimation and validation)
   and the whole process's user/system CPU time (start-up, decoding, BatchNorm re-estimation
@@ -37,6 +38,7 @@ from typing import Any
 
 from lgld.training.allocator import (
     MARK_ENV,
+    OMP_WAIT_ENV,
     OPT_OUT_ENV,
     allocator_environment,
     current_allocator,
@@ -44,7 +46,8 @@ from lgld.training.allocator import (
 )
 
 LGLD_FACTORY = "lgld.models.lgld_net:LGLDNet"
-ALLOCATOR_VARS = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES", MARK_ENV, OPT_OUT_ENV)
+ALLOCATOR_VARS = ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES", OMP_WAIT_ENV, MARK_ENV,
+                  OPT_OUT_ENV)
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
@@ -138,28 +141,33 @@ def lgld_train_epoch(data: str, size: int, env: Mapping[str, str], limit_per_cla
                  else current_allocator(env))
     images = round(entry["images_per_second"] * entry["seconds"])  # training images seen
     return {"images_per_second": entry["images_per_second"], "epoch_s": entry["seconds"],
+            "train_loop_s": entry.get("train_seconds"),
             "process_wall_s": wall, "user_s": user, "sys_s": sys_, "images": images,
             "allocator": allocator}
 
 
 def measure_training(reference: str, data: str, sizes: Sequence[int], rounds: int = 2,
                      steps: int = 2, warmup: int = 1, limit_per_class: int = 40,
-                     batch: int = 32, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every setting per size, alternating within each round (see the module docstring)."""
+                     batch: int = 32, log: Callable[[str], None] = print,
+                     core_only: bool = False) -> dict[str, Any]:
+    """Every setting per size, alternating within each round (see the module docstring);
+    ``core_only``: only the authors' step (both settings) and lgld-train as shipped."""
     plain, tuned = plain_environment(), tuned_environment()
     as_shipped = {k: v for k, v in plain.items() if k != OPT_OUT_ENV}  # it restarts itself
     settings: list[tuple[str, Callable[[int, Path], dict]]] = [
-        ("reference step, glibc defaults",
+        ("authors' step, glibc defaults (as run)",
          lambda s, _w: bare_step_in_fresh_process(reference, s, plain, batch, steps, warmup)),
-        ("reference step, lgld's allocator",
+        ("authors' step, lgld-train's settings",
          lambda s, _w: bare_step_in_fresh_process(reference, s, tuned, batch, steps, warmup)),
-        ("lgld step, lgld's allocator",
+        ("lgld step, lgld-train's settings",
          lambda s, _w: bare_step_in_fresh_process(LGLD_FACTORY, s, tuned, batch, steps, warmup)),
-        ("lgld-train end to end",
+        ("lgld-train end to end (as shipped)",
          lambda s, w: lgld_train_epoch(data, s, as_shipped, limit_per_class, w)),
-        ("lgld-train, glibc defaults",
+        ("lgld-train, glibc defaults (before)",
          lambda s, w: lgld_train_epoch(data, s, plain, limit_per_class, w)),
     ]
+    if core_only:
+        settings = [settings[0], settings[1], settings[3]]
     results: dict[str, Any] = {"sizes": {}, "rounds": rounds, "batch": batch,
                                "allocator": tuned.get(MARK_ENV, "glibc defaults"),
                                "loadavg": [], "reference": reference}
@@ -201,10 +209,10 @@ def format_training(results: Mapping[str, Any]) -> str:
     lines = [f"training throughput (batch {results['batch']}, median of {results['rounds']} "
              f"rounds; 1-min load average {min(load):.1f}-{max(load):.1f})"]
     for size, table in results["sizes"].items():
-        lines.append(f"{size} px  {'setting':<34} {'img/s':>7} {'x ref':>6} {'user s':>7} "
+        lines.append(f"{size} px  {'setting':<40} {'img/s':>7} {'x ref':>6} {'user s':>7} "
                      f"{'sys s':>6} {'CPU s/img':>9}  allocator")
         for name, row in table.items():
-            lines.append(f"        {name:<34} {row['images_per_second']:7.2f} "
+            lines.append(f"        {name:<40} {row['images_per_second']:7.2f} "
                          f"{row['ratio']:5.2f}x {row['user_s']:7.1f} {row['sys_s']:6.1f} "
                          f"{row['cpu_s_per_image']:9.2f}  {row['allocator']}")
     return "\n".join(lines)
@@ -236,6 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rounds", type=int, default=2)
     c.add_argument("--limit-per-class", type=int, default=40)
     c.add_argument("--steps", type=int, default=2, help="timed bare steps per round")
+    c.add_argument("--core-only", action="store_true",
+                   help="only the authors' step (both settings) and lgld-train as shipped")
     c.add_argument("--json", metavar="OUT", help="also write the results here")
     s = sub.add_parser("step", help="one bare-step measurement as a JSON line (a child)")
     s.add_argument("--factory", default=LGLD_FACTORY)
@@ -257,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         load_factory(a.reference)
         results = measure_training(a.reference, a.data, parse_sizes(a.sizes), a.rounds,
                                    a.steps, limit_per_class=a.limit_per_class,
-                                   log=lambda m: print(m, file=sys.stderr, flush=True))
+                                   log=lambda m: print(m, file=sys.stderr, flush=True),
+                                   core_only=a.core_only)
     except (ValueError, ImportError, AttributeError, RuntimeError, OSError) as exc:
         print(f"lgld training throughput: error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds of every setting, alternating (default 2)")
     g.add_argument("--train-limit-per-class", type=int, default=40,
                    help="images per class for lgld-train's epoch (default 40)")
+    g.add_argument("--train-core-only", action="store_true",
+                   help="only the authors' step (glibc defaults and lgld-train's settings) and "
+                   "lgld-train as shipped (skips lgld's bare step and lgld-train before the "
+                   "restart: half the time)")
 
 
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,6 +54,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
             REFERENCE_FACTORY, args.train_data, sizes, rounds=args.train_rounds,
             limit_per_class=args.train_limit_per_class,
             log=lambda m: print(m, file=sys.stderr, flush=True),
+            core_only=args.train_core_only,
         )
     except RuntimeError as exc:  # a child process failed: its last words
         raise BenchError(str(exc)) from None

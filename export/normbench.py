@@ -1,0 +1,77 @@
+"""What the illumination correction costs per 640x480 frame, next to the rest of the work.
+
+    python -m lgld.export.normbench [--model all] [--repeats 300]
+
+Times, interleaved in one run (median ms, 1 thread): the background estimate of a whole frame,
+the correction applied to a whole frame (one lookup table), the model input of the frame's
+field of view without and with the correction, and the model's inference; then the ratio of
+the correction's extra cost to preprocessing + inference. Frames come from the demo source
+(bundled real images), so nothing outside the repository is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from lgld.export.measure import median_ci, time_interleaved
+from lgld.runtime.core.preprocess import (
+    frame_background,
+    illumination_lut,
+    preprocess,
+)
+from lgld.runtime.core.session import OnnxClassifier
+from lgld.runtime.core.zoo import resolve_model
+from lgld.runtime.demo import DemoSource
+
+FRAME_SIZE = (640, 480)
+
+
+def measure(model: str, repeats: int) -> dict[str, list[float]]:
+    """ms per call of each step, ``repeats`` samples each, on one demo frame."""
+    clf = OnnxClassifier(resolve_model(model), threads=1)
+    corrected = replace(clf.info.preprocess, illumination="background")
+    plain = replace(corrected, illumination="none")
+    source = DemoSource(scene="all", size=FRAME_SIZE, fps=30.0, realtime=False)
+    source.open()
+    try:
+        frame = source.read().image
+    finally:
+        source.close()
+    lut = illumination_lut(frame_background(frame, corrected), corrected.background)
+    x = preprocess(frame, corrected)
+    return time_interleaved({
+        "background estimate, whole frame": lambda: frame_background(frame, corrected),
+        "correction of the whole frame (LUT)": lambda: cv2.LUT(frame, lut),
+        "preprocess, no correction": lambda: preprocess(frame, plain),
+        "preprocess with correction": lambda: preprocess(frame, corrected),
+        "inference": lambda: clf.logits(x),
+    }, warmup=10, repeats=repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lgld.export.normbench", description=__doc__)
+    p.add_argument("--model", default="all")
+    p.add_argument("--repeats", type=int, default=300)
+    a = p.parse_args(argv)
+    cv2.setNumThreads(1)
+    samples = measure(a.model, a.repeats)
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    print(f"{'step (640x480 frame, 1 thread)':<40}{'median ms':>10}  95% CI")
+    for key, values in samples.items():
+        lo, hi = median_ci(values)
+        print(f"{key:<40}{med[key]:>10.3f}  {lo:.3f}-{hi:.3f}")
+    extra = med["preprocess with correction"] - med["preprocess, no correction"]
+    base = med["preprocess, no correction"] + med["inference"]
+    whole = med["background estimate, whole frame"] + med["correction of the whole frame (LUT)"]
+    print(f"correction adds {extra:.3f} ms to preprocessing = {100 * extra / base:.1f}% of "
+          f"preprocess + inference; estimating and correcting a whole frame: {whole:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

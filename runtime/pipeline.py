@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from lgld.runtime.calibration import CalibrationState
 from lgld.runtime.config import InferenceSection, RunConfig, SourceSection, TrustSection
 from lgld.runtime.geometry import Region, crop_region, model_region
 from lgld.runtime.results import Result
@@ -178,8 +179,11 @@ class Pipeline:
         settings: PipelineSettings,
         model_name: str = "lgld",
         listeners: list[Callable[[Result], None]] | None = None,
+        calibration: CalibrationState | None = None,
     ) -> None:
         self.source = source
+        #: the flat-field calibration's state; its flat field corrects frames when ``ok``
+        self.calibration = calibration
         self.classifier = classifier
         self.classes: list[str] = list(classifier.classes)
         self.settings = settings
@@ -321,6 +325,9 @@ class Pipeline:
         t0 = time.perf_counter()
         region = self.region_for(frame.image.shape)
         crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
+        cal = self.calibration
+        if cal is not None and cal.state == "ok" and cal.calibration is not None:
+            crop = cal.calibration.correct(crop, region, frame.image.shape)
         quality = assess(crop, self.settings.trust)
         batch = self.classifier.prepare([crop]) if quality.state == OK else None
         return Prepared(frame, region, quality, batch, time.perf_counter() - t0)
@@ -383,4 +390,5 @@ class Pipeline:
         """The run's counters, rates and latest result now (see lgld.runtime.stats)."""
         _, _, result = self.hub.latest()
         return self.stats.snapshot(self.model_name, self.source.name, self.settings.mode,
-                                   self.slot.dropped, result)
+                                   self.slot.dropped, result,
+                                   self.calibration.to_dict() if self.calibration else None)

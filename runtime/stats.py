@@ -41,7 +41,7 @@ class Stats:
         return time.monotonic() - self.started
 
     def snapshot(self, model: str, source: str, mode: str, dropped: int,
-                 result: Result | None) -> Snapshot:
+                 result: Result | None, calibration: dict[str, Any] | None = None) -> Snapshot:
         """The counters and rates now, with what they are about."""
         return Snapshot(
             model=model, source=source, mode=mode, result=result,
@@ -50,7 +50,7 @@ class Stats:
             latency_ms=self.last_latency_ms, e2e_ms=self.last_e2e_ms,
             camera_ok=self.camera_ok, camera_message=self.camera_message,
             reconnects=self.reconnects, states=dict(self.states), classes=dict(self.classes),
-            latency=self.latency.cumulative(),
+            latency=self.latency.cumulative(), calibration=dict(calibration or {}),
         )
 
 
@@ -76,6 +76,7 @@ class Snapshot:
     states: dict[str, int]
     classes: dict[str, int]
     latency: tuple[list[tuple[str, int]], float, int]  # Histogram.cumulative()
+    calibration: dict[str, Any] = field(default_factory=dict)  # CalibrationState.to_dict()
 
     def counts(self) -> dict[str, Any]:
         """Counts and rates (the ``stats`` object of /api/latest)."""

@@ -31,6 +31,7 @@ ILLUMINATIONS = ("none", "background")
 ESTIMATE_SIZE = 64  # the background is estimated on a copy this small (speed, noise)
 BRIGHT_FRACTION = 0.2  # the brightest fifth of the pixels stands for the background
 MAX_GAIN = 4.0  # at most +-2 EV of correction per channel
+CLIPPED = 250.0  # a background channel this bright (of 255) may be clipped
 
 
 class ImageError(ValueError):
@@ -157,12 +158,35 @@ def linear_gain_lut(gains: Sequence[float]) -> np.ndarray:
     return np.rint(lut).astype(np.uint8)[:, None, :]
 
 
+def illumination_gains(background: np.ndarray, reference: Sequence[float]) -> np.ndarray:
+    """Per-channel linear gains mapping ``background`` to ``reference`` (sRGB 0-255, same
+    channel order), at most +-2 EV.
+
+    A clipped channel (>= CLIPPED) only says its true background is at least full scale, so
+    its gain is at most ``reference / full scale``; it takes the smallest gain of the unclipped
+    channels within that bound. That undoes an exposure increase exactly whenever one channel
+    of the background is still unclipped, instead of leaving the clipped channels too bright
+    (a colour cast the model has never seen).
+    """
+    bg = np.asarray(background, np.float64)
+    gains = srgb_to_linear(np.asarray(reference, np.float64) / 255.0) / srgb_to_linear(
+        np.maximum(bg, 1.0) / 255.0)
+    clipped = bg >= CLIPPED
+    if clipped.any() and not clipped.all():
+        gains[clipped] = np.minimum(gains[clipped], gains[~clipped].min())
+    return np.clip(gains, 1.0 / MAX_GAIN, MAX_GAIN)
+
+
 def illumination_lut(background: np.ndarray, reference: Sequence[float]) -> np.ndarray:
-    """A lookup table mapping ``background`` to ``reference`` (both sRGB 0-255, same channel
-    order) by one gain per channel in linear light (at most +-2 EV)."""
-    bg = srgb_to_linear(np.maximum(np.asarray(background, np.float64), 1.0) / 255.0)
-    ref = srgb_to_linear(np.asarray(reference, np.float64) / 255.0)
-    return linear_gain_lut(np.clip(ref / bg, 1.0 / MAX_GAIN, MAX_GAIN))
+    """The lookup table of :func:`illumination_gains`; a clipped pixel (255) of a channel that
+    is darkened maps to the reference background, its likeliest true value, rather than to the
+    lower bound the gain gives it."""
+    gains = illumination_gains(background, reference)
+    lut = linear_gain_lut(gains)
+    darkened = gains < 1.0
+    lut[255, 0, darkened] = np.maximum(lut[255, 0, darkened],
+                                       np.rint(np.asarray(reference)[darkened]).astype(np.uint8))
+    return lut
 
 
 def correct_illumination(

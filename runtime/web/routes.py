@@ -6,7 +6,8 @@
 * ``/snapshot.json``     the latest result (the one drawn on /snapshot.jpg)
 * ``POST /api/snapshot`` save raw frame, overlay and result JSON to ``http.snapshot_dir``
 * ``/api/latest``        the latest result plus counts and rates (JSON)
-* ``/healthz``           200 while frames arrive and inference runs, else 503
+* ``/healthz``           200 while frames arrive and inference runs, else 503; with the
+                         flat-field calibration's state (ok, stale, missing)
 * ``/metrics``           Prometheus text format (version 0.0.4)
 
 A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
@@ -67,6 +68,7 @@ class App:
             "version": lgld_version(),
             "result": None if snap.result is None else snap.result.to_record(),
             "stats": snap.counts(),
+            "calibration": snap.calibration,
             "state_labels": STATE_LABELS,
         }
 
@@ -84,6 +86,15 @@ class App:
         if time.monotonic() - p.heartbeat > self.stale_after_s:
             return False, "inference is stuck"
         return True, "ok"
+
+    def calibration(self) -> dict[str, str]:
+        """The flat-field calibration's state (ok | stale | missing) and what to do about it;
+        a missing or stale one does not make the run unhealthy (frames are still classified,
+        with the model's own illumination correction only)."""
+        cal = self.pipeline.calibration
+        if cal is None:
+            return {"state": "off", "message": "flat-field calibration not used"}
+        return {"state": cal.state, "message": cal.message}
 
     def save_snapshot(self) -> dict[str, Any]:
         if not self.snapshot_dir:
@@ -170,7 +181,8 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/healthz":
                 ok, reason = app.health()
                 self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy",
-                                                "reason": reason})
+                                                "reason": reason,
+                                                "calibration": app.calibration()})
             elif url.path == "/metrics":
                 self._send(200, app.pipeline.snapshot().prometheus().encode(),
                            "text/plain; version=0.0.4; charset=utf-8")

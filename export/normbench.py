@@ -5,8 +5,8 @@
 Times, interleaved in one run (median ms, 1 thread): the background estimate of a whole frame,
 the correction applied to a whole frame (one lookup table), the model input of the frame's
 field of view without and with the correction, and the model's inference; then the ratio of
-the correction's extra cost to preprocessing + inference. Frames come from the demo source
-(bundled real images), so nothing outside the repository is needed.
+the correction's extra cost to preprocessing + inference. The frame is a bundled real sample
+image at 640x480, so nothing outside the repository is needed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from lgld.export.measure import median_ci, time_interleaved
+from lgld.export.measure import median_ci, sample_images, time_interleaved
 from lgld.runtime.core.preprocess import (
     frame_background,
     illumination_lut,
@@ -26,7 +26,6 @@ from lgld.runtime.core.preprocess import (
 )
 from lgld.runtime.core.session import OnnxClassifier
 from lgld.runtime.core.zoo import resolve_model
-from lgld.runtime.demo import DemoSource
 
 FRAME_SIZE = (640, 480)
 
@@ -36,12 +35,8 @@ def measure(model: str, repeats: int) -> dict[str, list[float]]:
     clf = OnnxClassifier(resolve_model(model), threads=1)
     corrected = replace(clf.info.preprocess, illumination="background")
     plain = replace(corrected, illumination="none")
-    source = DemoSource(scene="all", size=FRAME_SIZE, fps=30.0, realtime=False)
-    source.open()
-    try:
-        frame = source.read().image
-    finally:
-        source.close()
+    frame = cv2.resize(sample_images(corrected.input_size)[0], FRAME_SIZE,
+                       interpolation=cv2.INTER_LINEAR)
     lut = illumination_lut(frame_background(frame, corrected), corrected.background)
     x = preprocess(frame, corrected)
     return time_interleaved({

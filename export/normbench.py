@@ -2,7 +2,8 @@
 
     python -m lgld.export.normbench [--model all] [--repeats 300]
 
-Times, interleaved in one run (median ms, 1 thread): the background estimate of a whole frame,
+CPU time per call (process time, so that other work on a shared machine does not count),
+interleaved in one run (median ms, 1 thread): the background estimate of a whole frame,
 the correction applied to a whole frame (one lookup table), the model input of the frame's
 field of view without and with the correction, and the model's inference; then the ratio of
 the correction's extra cost to preprocessing + inference. The frame is a bundled real sample
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import replace
 
 import cv2
 import numpy as np
 
-from lgld.export.measure import median_ci, sample_images, time_interleaved
+from lgld.export.measure import median_ci, sample_images
 from lgld.runtime.core.preprocess import (
     frame_background,
     illumination_lut,
@@ -39,13 +41,27 @@ def measure(model: str, repeats: int) -> dict[str, list[float]]:
                        interpolation=cv2.INTER_LINEAR)
     lut = illumination_lut(frame_background(frame, corrected), corrected.background)
     x = preprocess(frame, corrected)
-    return time_interleaved({
+    return cpu_time_interleaved({
         "background estimate, whole frame": lambda: frame_background(frame, corrected),
         "correction of the whole frame (LUT)": lambda: cv2.LUT(frame, lut),
         "preprocess, no correction": lambda: preprocess(frame, plain),
         "preprocess with correction": lambda: preprocess(frame, corrected),
         "inference": lambda: clf.logits(x),
     }, warmup=10, repeats=repeats)
+
+
+def cpu_time_interleaved(fns: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
+    """ms of process CPU time per call; one call of each function per round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.process_time_ns()
+            fn()
+            samples[key].append((time.process_time_ns() - t0) / 1e6)
+    return samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     samples = measure(a.model, a.repeats)
     med = {k: float(np.median(v)) for k, v in samples.items()}
-    print(f"{'step (640x480 frame, 1 thread)':<40}{'median ms':>10}  95% CI")
+    print(f"{'step (640x480 frame, 1 thread)':<40}{'CPU ms':>10}  95% CI of the median")
     for key, values in samples.items():
         lo, hi = median_ci(values)
         print(f"{key:<40}{med[key]:>10.3f}  {lo:.3f}-{hi:.3f}")

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -27,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from lgld.runtime.cells.session import CountSession
 from lgld.runtime.config import InferenceSection, RunConfig, SourceSection, TrustSection
 from lgld.runtime.geometry import Region, crop_region, model_region
 from lgld.runtime.results import Result
 from lgld.runtime.sources import CameraLost, Frame, Source
 from lgld.runtime.stats import Snapshot, Stats
-from lgld.runtime.trust import OK, Quality, Smoother, assess, decide
+from lgld.runtime.trust import OK, TOO_BRIGHT, TOO_DARK, Quality, Smoother, assess, decide
 
 log = logging.getLogger("lgld.runtime")
 
@@ -96,6 +98,7 @@ class Prepared:
     quality: Quality
     batch: np.ndarray | None  # the model input; None when the quality gate rejected the frame
     seconds: float  # time spent on the gate and preprocessing
+    cells: Any = None  # cell mode: the detected cells and their crops (cells.stage.CellInput)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +181,10 @@ class Pipeline:
         settings: PipelineSettings,
         model_name: str = "lgld",
         listeners: list[Callable[[Result], None]] | None = None,
+        cells: CountSession | None = None,
     ) -> None:
         self.source = source
+        self.cells = cells  # cell mode: detection, tracking and the differential count
         self.classifier = classifier
         self.classes: list[str] = list(classifier.classes)
         self.settings = settings
@@ -232,6 +237,8 @@ class Pipeline:
 
     def region_for(self, shape: tuple[int, ...]) -> Region:
         s = self.settings
+        if s.mode == "cells":
+            return 0, 0, shape[1], shape[0]
         return model_region(shape, s.mode, s.field_crop, s.roi, s.roi_size)
 
     def _fail(self, exc: BaseException) -> None:
@@ -322,6 +329,12 @@ class Pipeline:
         region = self.region_for(frame.image.shape)
         crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
         quality = assess(crop, self.settings.trust)
+        if self.cells is not None:  # a sparse field is no focus measure: exposure only
+            cells = None
+            if quality.state not in (TOO_DARK, TOO_BRIGHT):
+                quality = dataclasses.replace(quality, state=OK)
+                cells = self.cells.stage.prepare(frame.image)
+            return Prepared(frame, region, quality, None, time.perf_counter() - t0, cells)
         batch = self.classifier.prepare([crop]) if quality.state == OK else None
         return Prepared(frame, region, quality, batch, time.perf_counter() - t0)
 
@@ -336,7 +349,17 @@ class Pipeline:
         probabilities: dict[str, float] = {}
         instant: dict[str, float] = {}
         label, confidence = None, None
-        if prepared.batch is None:
+        cells: list[dict[str, Any]] | None = None
+        timing: dict[str, float] = {}
+        if self.cells is not None:
+            state = quality.state
+            cells = []
+            if prepared.cells is not None:
+                found = self.cells.process(prepared.cells, frame.image, frame.mono, frame.index)
+                cells = found.cells
+                timing = {"detect_ms": round(found.detect_ms, 2),
+                          "classify_ms": round(found.classify_ms, 2)}
+        elif prepared.batch is None:
             self.smoother.reset()
             state = quality.state
         else:
@@ -375,6 +398,9 @@ class Pipeline:
             region=prepared.region,
             window=len(self.smoother),
             name=frame.name,
+            cells=cells,
+            session=None if self.cells is None else self.cells.id,
+            timing=timing,
         )
 
     # -- reporting -----------------------------------------------------------------------------
@@ -383,4 +409,5 @@ class Pipeline:
         """The run's counters, rates and latest result now (see lgld.runtime.stats)."""
         _, _, result = self.hub.latest()
         return self.stats.snapshot(self.model_name, self.source.name, self.settings.mode,
-                                   self.slot.dropped, result)
+                                   self.slot.dropped, result,
+                                   None if self.cells is None else self.cells.count())

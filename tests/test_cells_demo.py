@@ -11,7 +11,7 @@ from lgld.runtime.core.zoo import resolve_model
 
 def test_demo_count_equals_the_unique_cells_that_crossed_the_field() -> None:
     fps, min_frames = 10.0, 5
-    scan = SlideScan((640, 480), fps=fps, speed=0.25, seed=3)
+    scan = SlideScan((640, 480), fps=fps, speed=160.0, seed=3)
     stage = CellStage(OnnxClassifier(resolve_model("wbc5-128"), threads=1),
                       tracker=TrackerSettings(min_frames=min_frames))
     frames = 200

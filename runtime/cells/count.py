@@ -12,12 +12,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lgld.runtime.cells.track import UNCLASSIFIED
+from lgld.runtime.config import CellsSection
 
 
 class DifferentialCount:
     """Thread-safe running count (the pipeline adds, the web page reads and resets)."""
 
-    def __init__(self, classes: Sequence[str], target: int = 100) -> None:
+    def __init__(self, classes: Sequence[str], target: int = CellsSection.target) -> None:
         if target < 1:
             raise ValueError("cells target must be >= 1")
         self.classes = list(classes)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from lgld.runtime.config import CellsSection
+
 log = logging.getLogger("lgld.runtime")
 
 #: Typical white-cell width in the working image (pixels); the frame is resized to this scale.
@@ -44,8 +46,8 @@ NUCLEUS_OD = (0.10, 0.84, 0.52)
 RED_CELL_OD = (0.54, 0.72, 0.43)
 #: Typical white-cell diameter in measured red-cell diameters (PBC: 0.362 x 5.42; docs/cells.md).
 WBC_PER_RBC = 1.96
-#: Default white-cell diameter range for a 640x480 frame at 100x (red cells ~90-110 px wide).
-DEFAULT_DIAMETER_PX = (100.0, 250.0)
+#: Default white-cell diameter range (config [cells] diameter_px: 640x480 at 100x).
+DEFAULT_DIAMETER_PX = CellsSection().diameter_range() or (100.0, 250.0)
 #: More connected components than this in one frame: keep the largest, warn (smear artefacts).
 MAX_COMPONENTS = 400
 
@@ -67,9 +69,13 @@ class DetectorSettings:
     """What the detector needs to know; defaults suit a 640x480 frame at 100x."""
 
     diameter_px: tuple[float, float] | None = DEFAULT_DIAMETER_PX  # None = auto
-    max_cells: int = 24
-    nucleus_low: float = 0.30
-    nucleus_high: float = 0.50
+    max_cells: int = CellsSection.max_cells
+    nucleus_low: float = CellsSection.nucleus_low
+    nucleus_high: float = CellsSection.nucleus_high
+
+    @classmethod
+    def from_config(cls, c: CellsSection) -> DetectorSettings:
+        return cls(c.diameter_range(), c.max_cells, c.nucleus_low, c.nucleus_high)
 
     def __post_init__(self) -> None:
         if self.diameter_px is not None:

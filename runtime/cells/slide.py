@@ -203,18 +203,18 @@ class Slide:
 
 
 class SlideScan:
-    """The slide as a camera sees it while the stage pans right at ``speed`` fields/second.
+    """The slide as a camera sees it while the stage pans right at ``speed`` pixels/second.
 
-    A frame is a pure function of its index (time = index / fps). The field of view is
-    ``field_width`` slide pixels wide (640: the default magnification), shown at ``size``.
+    A frame is a pure function of its index (time = index / fps). One frame pixel is one slide
+    pixel (the default magnification of a 640-wide frame): a larger frame sees more slide.
     """
 
     def __init__(self, size: tuple[int, int] = (640, 480), fps: float = 30.0,
-                 speed: float = 0.15, seed: int = 0, field_width: float = 640.0) -> None:
+                 speed: float = 96.0, seed: int = 0) -> None:
         self.size = (int(size[0]), int(size[1]))
         self.fps = float(fps)
         self.speed = float(speed)
-        self.field_width = float(field_width)
+        self.field_width = float(self.size[0])
         self.field_height = self.field_width * self.size[1] / self.size[0]
         self.slide = Slide(self.field_height, seed)
         rng = np.random.default_rng(seed)
@@ -228,7 +228,7 @@ class SlideScan:
     def position(self, index: int) -> tuple[float, float]:
         """Top-left corner of the field of view on the slide (slide pixels) at frame index."""
         t = index / self.fps
-        return self.speed * self.field_width * t, 3.0 * math.sin(t * 1.3)
+        return self.speed * t, 3.0 * math.sin(t * 1.3)
 
     def frame(self, index: int) -> np.ndarray:
         """The camera frame at index (BGR uint8, size)."""

@@ -1,7 +1,13 @@
 """The cell-mode stage of the pipeline: detect -> crops -> one batched model call -> track -> count.
 
-It knows nothing about threads, sources, logs or the web page; the pipeline calls
-:meth:`CellStage.process` once per frame and publishes what comes back.
+:meth:`CellStage.prepare` (detection, crops, preprocessing) runs on the pipeline's capture
+thread, beside inference; :meth:`CellStage.classify` (the one model call for all cells of the
+frame, tracking, counting) on the inference thread. It knows nothing about threads, sources,
+logs or the web page.
+
+Live sources are tracked: a cell is counted once per track (see :mod:`.track`). Unrelated
+images (``tracking=False``) have no tracks: every whole cell of every image is counted once,
+so a folder of fields gives a differential count too.
 """
 
 from __future__ import annotations
@@ -14,8 +20,25 @@ import numpy as np
 
 from lgld.runtime.cells.count import DifferentialCount
 from lgld.runtime.cells.crops import cell_crop, cell_crops, check_white_cell_model, crop_side
-from lgld.runtime.cells.detect import CellDetector, Detection, DetectorSettings
-from lgld.runtime.cells.track import CellTracker, CountedCell, TrackerSettings
+from lgld.runtime.cells.detect import CellDetector, Detection, Detections, DetectorSettings
+from lgld.runtime.cells.track import (
+    UNCLASSIFIED,
+    CellTracker,
+    CountedCell,
+    TrackerSettings,
+)
+from lgld.runtime.config import CellsSection
+
+
+@dataclass
+class CellInput:
+    """A frame after detection and cropping: what the model call needs."""
+
+    found: Detections
+    classified: list[int]  # indices of the cells whose crops are in batch
+    batch: np.ndarray | None  # (N, 3, S, S) model input, None when no cell is classified
+    detect_ms: float
+    prepare_ms: float
 
 
 @dataclass
@@ -28,14 +51,13 @@ class CellFrame:
     detect_ms: float = 0.0
     classify_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
-    capped: bool = False
 
 
 class CellStage:
     """Everything cell mode does to a frame; ``tracking=False`` for unrelated images."""
 
     def __init__(self, classifier: Any, detector: DetectorSettings | None = None,
-                 tracker: TrackerSettings | None = None, target: int = 100,
+                 tracker: TrackerSettings | None = None, target: int = CellsSection.target,
                  tracking: bool = True) -> None:
         check_white_cell_model(classifier.classes)
         self.classifier = classifier
@@ -51,39 +73,64 @@ class CellStage:
         if self.tracker is not None:
             self.tracker.reset()
 
-    def process(self, image: np.ndarray, now: float | None = None) -> CellFrame:
-        now = time.monotonic() if now is None else now
+    def prepare(self, image: np.ndarray) -> CellInput:
+        """Detection, crops and preprocessing (no model call)."""
         t0 = time.perf_counter()
         found = self.detector.detect(image)
         t1 = time.perf_counter()
         # live: partial cells are shown but never counted, so not classified (saves time);
         # unrelated images: every cell gets a class, partial ones keep their state
-        whole = [i for i, c in enumerate(found.cells) if self.tracker is None or not c.partial]
-        probs = np.zeros((len(found.cells), len(self.classes)), np.float32)
-        if whole:
-            crops = cell_crops(image, [found.cells[i] for i in whole], found.typical_diameter,
+        chosen = [i for i, c in enumerate(found.cells) if self.tracker is None or not c.partial]
+        batch = None
+        if chosen:
+            crops = cell_crops(image, [found.cells[i] for i in chosen], found.typical_diameter,
                                self.classifier.info.input_size)
-            probs[whole] = self.classifier.probabilities(crops)
+            batch = self.classifier.prepare(crops)
         t2 = time.perf_counter()
-        result = CellFrame([], detect_ms=1000 * (t1 - t0), classify_ms=1000 * (t2 - t1),
-                           warnings=found.warnings, capped=found.capped)
-        if self.tracker is None:
-            result.cells = [self._untracked(c, probs[i]) for i, c in enumerate(found.cells)]
-            return result
-        update = self.tracker.update(found.cells, probs, image.shape[1], now)
-        for shown in update.cells:
-            result.cells.append({
-                "box": list(shown.box), "class": shown.label,
-                "confidence": round(shown.confidence, 4), "state": shown.state,
-                "track": shown.track, "probs": shown.probs, "counted": shown.counted,
-            })
+        return CellInput(found, chosen, batch, 1000 * (t1 - t0), 1000 * (t2 - t1))
+
+    def classify(self, prepared: CellInput, image: np.ndarray, now: float) -> CellFrame:
+        """One model call for all cells, then tracking and counting."""
+        t0 = time.perf_counter()
+        found = prepared.found
+        probs = np.zeros((len(found.cells), len(self.classes)), np.float32)
+        if prepared.batch is not None:
+            probs[prepared.classified] = self.classifier.predict(prepared.batch)
+        result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
         side = crop_side(found.typical_diameter)
-        for counted in update.counted:
-            self.count.add(counted.label)
-            result.counted.append(counted)
-            result.crops.append(cell_crop(image, found.cells[counted.detection_index].centre,
-                                          side).copy())
+        if self.tracker is None:
+            for i, cell in enumerate(found.cells):
+                record = self._untracked(cell, probs[i])
+                result.cells.append(record)
+                if not cell.partial:
+                    label = record["class"] if record["state"] == "ok" else UNCLASSIFIED
+                    self._counted(result, CountedCell(
+                        -1, label, record["confidence"], record["probs"], 1, cell.box, i),
+                        image, found, side)
+        else:
+            update = self.tracker.update(found.cells, probs, image.shape[1], now)
+            for shown in update.cells:
+                result.cells.append({
+                    "box": list(shown.box), "class": shown.label,
+                    "confidence": round(shown.confidence, 4), "state": shown.state,
+                    "track": shown.track, "probs": shown.probs, "counted": shown.counted,
+                })
+            for counted in update.counted:
+                self._counted(result, counted, image, found, side)
+        result.classify_ms = prepared.prepare_ms + 1000 * (time.perf_counter() - t0)
         return result
+
+    def process(self, image: np.ndarray, now: float | None = None) -> CellFrame:
+        """prepare + classify in sequence (tests, tools)."""
+        return self.classify(self.prepare(image), image,
+                             time.monotonic() if now is None else now)
+
+    def _counted(self, result: CellFrame, counted: CountedCell, image: np.ndarray,
+                 found: Detections, side: int) -> None:
+        self.count.add(counted.label)
+        result.counted.append(counted)
+        centre = found.cells[counted.detection_index].centre
+        result.crops.append(cell_crop(image, centre, side).copy())
 
     def _untracked(self, cell: Detection, p: np.ndarray) -> dict[str, Any]:
         k = int(np.argmax(p))

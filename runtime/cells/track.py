@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lgld.runtime.cells.detect import Detection
+from lgld.runtime.config import CellsSection
 
 UNCLASSIFIED = "unclassified"
 
@@ -27,10 +28,14 @@ UNCLASSIFIED = "unclassified"
 class TrackerSettings:
     """Association and counting rules (see the module docstring)."""
 
-    min_frames: int = 5
-    min_confidence: float = 0.6
-    max_speed: float = 0.5  # frame widths per second
-    max_missed: int = 8
+    min_frames: int = CellsSection.min_frames
+    min_confidence: float = CellsSection.min_confidence
+    max_speed: float = CellsSection.max_speed  # frame widths per second
+    max_missed: int = CellsSection.max_missed
+
+    @classmethod
+    def from_config(cls, c: CellsSection) -> TrackerSettings:
+        return cls(c.min_frames, c.min_confidence, c.max_speed, c.max_missed)
 
     def __post_init__(self) -> None:
         if self.min_frames < 1:

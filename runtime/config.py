@@ -160,11 +160,11 @@ class RunConfig:
     source: SourceSection = field(default_factory=SourceSection)
     model: ModelSection = field(default_factory=ModelSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
-    cells: CellsSection = field(default_factory=CellsSection)
     trust: TrustSection = field(default_factory=TrustSection)
     http: HttpSection = field(default_factory=HttpSection)
     log: LogSection = field(default_factory=LogSection)
     display: DisplaySection = field(default_factory=DisplaySection)
+    cells: CellsSection = field(default_factory=CellsSection)
 
     def validate(self) -> RunConfig:
         """Raise ConfigError for the first invalid value; return self."""

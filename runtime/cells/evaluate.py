@@ -44,6 +44,14 @@ def parse_diameter(text: str) -> tuple[float, float] | None:
     return lo, hi
 
 
+def parse_gains(text: str) -> tuple[float, float, float]:
+    try:
+        b, g, r = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gains must be B,G,R numbers, got {text!r}") from None
+    return b, g, r
+
+
 def iou(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]) -> float:
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -108,6 +116,8 @@ def evaluate_bccd(args: argparse.Namespace) -> dict:
             raise ValueError(f"annotation missing: {xml}")
         truth = voc_boxes(xml)
         image = read_image(path)
+        if args.gains:  # exposure / white-balance shift: every channel times its gain
+            image = np.clip(image * np.float32(args.gains), 0, 255).astype(np.uint8)
         detector.reset_scale()
         t0 = time.perf_counter()
         found = detector.detect(image)
@@ -233,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bccd", help="whole fields with VOC WBC boxes: recall, precision, speed")
     b.add_argument("--data", required=True, help="folder with images/ and annotations/")
     b.add_argument("--iou", type=float, default=0.3)
+    b.add_argument("--gains", type=parse_gains, default=None, metavar="B,G,R",
+                   help="multiply the channels first (exposure and white-balance shift)")
     b.add_argument("--diameter", type=parse_diameter, default=DetectorSettings().diameter_px,
                    help="white-cell diameter range LO,HI in pixels or auto (default: the "
                         "detector's default for 640x480 at 100x)")

@@ -12,10 +12,10 @@ of Romanowsky/Wright/May-Grunwald-Giemsa stains) is what sets them apart from re
 4. Hysteresis threshold on it (pixels above ``nucleus_low`` in components that reach
    ``nucleus_high``), a small opening against specks, connected components.
 5. Lobes of one nucleus become one cell: components closer than a tenth of a cell diameter are
-   clustered (a dilation followed by connected components). A cluster wider than the largest
-   cell is split into as many cells as its extent holds (touching white cells).
-6. A cluster with less nucleus area than a quarter of the smallest cell is a platelet, stain
-   debris or noise and is dropped.
+   clustered (a dilation followed by connected components). Touching white cells are split
+   (:func:`split_cluster`).
+6. A cluster with less nucleus area than a quarter of the smallest cell, or no part thicker
+   than 0.3 of the smallest cell, is a platelet (clump), stain debris or noise and is dropped.
 7. The cell box is centred on the nucleus, as wide as the nucleus extent plus a cytoplasm rim,
    clamped to the configured diameter range. A cell whose box leaves the frame is ``partial``.
 

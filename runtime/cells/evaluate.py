@@ -4,6 +4,8 @@
   split file). Per crop: is the central cell found, how many other cells are reported, and is
   the central cell's class right, against the same model on the whole crop and on the roi
   mode's default centred square.
+* ``framing``: how wide the white cell is relative to its PBC crop, and the crop relative to
+  a red cell (the constants of :mod:`.crops` and :mod:`.detect`).
 * ``bccd``: whole fields with Pascal VOC boxes (only ``WBC`` objects): recall and precision
   of the detections at an IoU threshold, and detection time per frame.
 
@@ -24,7 +26,13 @@ import cv2
 import numpy as np
 
 from lgld.runtime.cells.crops import cell_crops
-from lgld.runtime.cells.detect import CellDetector, Detection, DetectorSettings
+from lgld.runtime.cells.detect import (
+    CellDetector,
+    Detection,
+    DetectorSettings,
+    background_reference,
+    measure_rbc_diameter,
+)
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
 from lgld.runtime.core.files import list_images
 from lgld.runtime.core.preprocess import read_image
@@ -226,6 +234,55 @@ def evaluate_wbc5(args: argparse.Namespace) -> dict:
     }
 
 
+def cell_width(image: np.ndarray, centre: tuple[float, float]) -> float | None:
+    """Width of the cell around centre: where the stain density falls to the background along
+    48 rays from the nucleus (lower quartile: rays into touching red cells run long)."""
+    h, w = image.shape[:2]
+    density = -np.log(np.clip(image.astype(np.float32) / background_reference(image), 1e-3, 1))
+    total = cv2.GaussianBlur(density.sum(axis=2), (5, 5), 0)
+    steps = np.arange(5, min(w, h) / 2 - 2)
+    radii = []
+    for a in np.linspace(0, 2 * math.pi, 48, endpoint=False):
+        xs = (centre[0] + steps * math.cos(a)).astype(int)
+        ys = (centre[1] + steps * math.sin(a)).astype(int)
+        inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+        out = np.flatnonzero(total[ys[inside], xs[inside]] < 0.15)
+        if out.size:
+            radii.append(steps[inside][out[0]])
+    return 2 * float(np.percentile(radii, 25)) if len(radii) >= 12 else None
+
+
+def evaluate_framing(args: argparse.Namespace) -> dict:
+    data = Path(args.data)
+    items = load_items(data, args.split_file, args.part)
+    items = items[:: max(1, len(items) // args.limit)][: args.limit] if args.limit else items
+    detector = CellDetector(DetectorSettings(diameter_px=args.diameter))
+    fractions: dict[str, list[float]] = {}
+    rbc = []
+    for path, label in items:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        cells = detector.detect(image).cells
+        if not cells:
+            continue
+        c = min(cells, key=lambda c: math.hypot(c.centre[0] - w / 2, c.centre[1] - h / 2))
+        width = cell_width(image, c.centre)
+        if width is not None:
+            fractions.setdefault(label, []).append(width / w)
+        measured = measure_rbc_diameter(image)
+        if measured:
+            rbc.append(w / measured)
+    every = [f for v in fractions.values() for f in v]
+    return {
+        "crops": len(every),
+        "cell_width_over_crop_median": float(np.median(every)),
+        "cell_width_over_crop_iqr": [float(v) for v in np.percentile(every, [25, 75])],
+        "per_class_median": {k: float(np.median(v)) for k, v in sorted(fractions.items())},
+        "crop_over_red_cell_median": float(np.median(rbc)),
+        "failures": [],
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m lgld.runtime.cells.evaluate",
                       description=__doc__.split("\n\n")[0])
@@ -240,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--diameter", type=parse_diameter, default=PBC_DIAMETER,
                    help="white-cell diameter range LO,HI in pixels or auto "
                         f"(default {PBC_DIAMETER[0]:g},{PBC_DIAMETER[1]:g}: PBC crops)")
+    f = sub.add_parser("framing", help="cell width / crop width on PBC crops, crop / red cell")
+    f.add_argument("--data", required=True, help="folder with <class>/*.jpg")
+    f.add_argument("--split-file", help="lgld split.json; measure its --part only")
+    f.add_argument("--part", default="train")
+    f.add_argument("--limit", type=int, default=300, help="at most N crops, evenly spread")
+    f.add_argument("--diameter", type=parse_diameter, default=PBC_DIAMETER)
     b = sub.add_parser("bccd", help="whole fields with VOC WBC boxes: recall, precision, speed")
     b.add_argument("--data", required=True, help="folder with images/ and annotations/")
     b.add_argument("--iou", type=float, default=0.3)
@@ -248,14 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--diameter", type=parse_diameter, default=DetectorSettings().diameter_px,
                    help="white-cell diameter range LO,HI in pixels or auto (default: the "
                         "detector's default for 640x480 at 100x)")
-    for q in (w, b):
+    for q in (w, f, b):
         q.add_argument("--pictures", help="save annotated examples and failures (PNG) here")
         q.add_argument("--json", action="store_true", help="print the full result as JSON")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_bccd(args) if args.what == "bccd" else evaluate_wbc5(args)
+    result = {"bccd": evaluate_bccd, "wbc5": evaluate_wbc5,
+              "framing": evaluate_framing}[args.what](args)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

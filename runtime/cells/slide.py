@@ -210,8 +210,9 @@ class SlideScan:
     """
 
     def __init__(self, size: tuple[int, int] = (640, 480), fps: float = 30.0,
-                 speed: float = 96.0, seed: int = 0) -> None:
+                 speed: float = 96.0, seed: int = 0, lead_in: float = 1.0) -> None:
         self.size = (int(size[0]), int(size[1]))
+        self.lead_in = float(lead_in)
         self.fps = float(fps)
         self.speed = float(speed)
         self.field_width = float(self.size[0])
@@ -226,9 +227,12 @@ class SlideScan:
                                 np.clip(-n, 0, 255).astype(np.uint8)))
 
     def position(self, index: int) -> tuple[float, float]:
-        """Top-left corner of the field of view on the slide (slide pixels) at frame index."""
+        """Top-left corner of the field of view on the slide (slide pixels) at frame index.
+
+        The scan starts ``lead_in`` fields left of the first white cell (1: every cell enters
+        from the right and crosses the whole field)."""
         t = index / self.fps
-        return self.speed * t, 3.0 * math.sin(t * 1.3)
+        return self.speed * t - self.lead_in * self.field_width, 3.0 * math.sin(t * 1.3)
 
     def frame(self, index: int) -> np.ndarray:
         """The camera frame at index (BGR uint8, size)."""

@@ -44,7 +44,9 @@ class DemoCellsSource(Source):
 
     def open(self) -> None:
         try:
-            self.scan = SlideScan(self.size, self.fps, self.speed, self.seed)
+            # a short lead-in: the first white cell enters after a second or two
+            self.scan = SlideScan(self.size, self.fps, self.speed, self.seed,
+                                  lead_in=min(1.0, 150.0 / self.size[0]))
         except FileNotFoundError as exc:
             raise SourceError(str(exc)) from None
         self._t0 = time.monotonic()

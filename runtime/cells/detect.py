@@ -26,7 +26,6 @@ from the red cells (their diameter is a biological constant, about 7.5 um, and a
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,8 +34,6 @@ import cv2
 import numpy as np
 
 from lgld.runtime.config import CellsSection
-
-log = logging.getLogger("lgld.runtime")
 
 #: Typical white-cell width in the working image (pixels); the frame is resized to this scale.
 WORK_DIAMETER = 40.0

@@ -6,6 +6,8 @@
   mode's default centred square.
 * ``framing``: how wide the white cell is relative to its PBC crop, and the crop relative to
   a red cell (the constants of :mod:`.crops` and :mod:`.detect`).
+* ``speed``: detection time per 640x480 frame, and the CPU time per frame of what the
+  pipeline's two threads do in cell mode with 3 cells per frame (the results/s each allows).
 * ``bccd``: whole fields with Pascal VOC boxes (only ``WBC`` objects): recall and precision
   of the detections at an IoU threshold, and detection time per frame.
 
@@ -283,6 +285,70 @@ def evaluate_framing(args: argparse.Namespace) -> dict:
     }
 
 
+def three_cell_frames(n: int = 30) -> list[np.ndarray]:
+    """640x480 frames of the demo smear with exactly 3 whole white cells, moving 3 px a frame."""
+    from lgld.runtime.cells.slide import LAMP_BGR, Slide, load_cells
+
+    slide = Slide(480.0, seed=1)
+    _, cut = load_cells()
+    lamp = np.float32(LAMP_BGR)
+    frames = []
+    for i in range(n):
+        image = slide.view(-1400 + 3 * i, 0, 640, (640, 480)).astype(np.float32)
+        density = -np.log(np.clip(image / lamp, 1e-3, 1))
+        for k, (x, y) in zip((0, 7, 13), ((130, 140), (330, 330), (520, 150)), strict=True):
+            d, a = cut[k]
+            h, w = a.shape
+            x0 = max(0, min(640 - w, x + (3 * i) % 20 - w // 2))
+            y0 = max(0, min(480 - h, y - h // 2))
+            region = density[y0 : y0 + h, x0 : x0 + w]
+            density[y0 : y0 + h, x0 : x0 + w] = region * (1 - a[..., None]) + d * a[..., None]
+        frames.append(np.clip(lamp * np.exp(-density), 0, 255).astype(np.uint8))
+    return frames
+
+
+def evaluate_speed(args: argparse.Namespace) -> dict:
+    from lgld.runtime.cells.stage import CellStage
+    from lgld.runtime.core.session import OnnxClassifier
+    from lgld.runtime.core.zoo import resolve_model
+
+    frames = three_cell_frames()
+    detector = CellDetector()
+    whole = {sum(not c.partial for c in detector.detect(f).cells) for f in frames}
+    if whole != {3}:
+        raise ValueError(f"the speed frames should hold 3 whole cells each, found {whole}")
+    fields = [read_image(p) for p in list_images(args.fields)] if args.fields else []
+
+    def best(fn, repeat: int = 5) -> float:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    detect_s = float(np.median([best(lambda f=f: detector.detect(f)) for f in fields + frames]))
+    stage = CellStage(OnnxClassifier(resolve_model(args.model), threads=1))
+    capture, inference = [], []
+    for i, frame in enumerate(frames * 2):  # CPU time of this thread: robust to other jobs
+        t0 = time.thread_time()
+        prepared = stage.prepare(frame)
+        t1 = time.thread_time()
+        stage.classify(prepared, frame, i / 30)
+        t2 = time.thread_time()
+        capture.append(t1 - t0)
+        inference.append(t2 - t1)
+    cap, inf = float(np.median(capture)), float(np.median(inference))
+    return {
+        "model": args.model, "frames": len(frames), "fields": len(fields),
+        "detect_ms_per_640x480_frame": 1000 * detect_s,
+        "capture_thread_cpu_ms_per_frame": 1000 * cap,
+        "inference_thread_cpu_ms_per_frame": 1000 * inf,
+        "results_per_s_with_a_core_per_thread": 1 / inf,
+        "failures": [],
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m lgld.runtime.cells.evaluate",
                       description=__doc__.split("\n\n")[0])
@@ -303,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--part", default="train")
     f.add_argument("--limit", type=int, default=300, help="at most N crops, evenly spread")
     f.add_argument("--diameter", type=parse_diameter, default=PBC_DIAMETER)
+    s = sub.add_parser("speed", help="detection ms per frame; CPU per frame of both threads")
+    s.add_argument("--model", default="wbc5")
+    s.add_argument("--fields", help="also time detection on the images of this folder")
     b = sub.add_parser("bccd", help="whole fields with VOC WBC boxes: recall, precision, speed")
     b.add_argument("--data", required=True, help="folder with images/ and annotations/")
     b.add_argument("--iou", type=float, default=0.3)
@@ -311,15 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--diameter", type=parse_diameter, default=DetectorSettings().diameter_px,
                    help="white-cell diameter range LO,HI in pixels or auto (default: the "
                         "detector's default for 640x480 at 100x)")
-    for q in (w, f, b):
+    for q in (w, b):
         q.add_argument("--pictures", help="save annotated examples and failures (PNG) here")
+    for q in (w, f, s, b):
         q.add_argument("--json", action="store_true", help="print the full result as JSON")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     result = {"bccd": evaluate_bccd, "wbc5": evaluate_wbc5,
-              "framing": evaluate_framing}[args.what](args)
+              "framing": evaluate_framing, "speed": evaluate_speed}[args.what](args)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -96,6 +96,7 @@ class CellStage:
         probs = np.zeros((len(found.cells), len(self.classes)), np.float32)
         if prepared.batch is not None:
             probs[prepared.classified] = self.classifier.predict(prepared.batch)
+            probs[~np.isfinite(probs).all(axis=1)] = 0.0  # a broken output is never a class
         result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
         side = crop_side(found.typical_diameter)
         if self.tracker is None:

@@ -79,7 +79,7 @@ def make_source(
         return opencv.OpenCVSource(s.arg, "video", size, cfg.fps, loop=cfg.loop,
                                    timeout_s=cfg.timeout_s)
     if s.kind == "images":
-        return images.ImageFolderSource(s.arg)
+        return images.ImageFolderSource(s.arg, cfg.max_image_pixels)
     if s.kind == "demo" and (s.arg or scene_hint) == "cells":
         return demo_cells.DemoCellsSource(size=size, fps=cfg.fps)
     if s.kind == "demo":

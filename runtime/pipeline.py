@@ -93,6 +93,16 @@ class LatestSlot:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def waiting(self) -> bool:
+        """An item is in the slot that the worker has not taken yet."""
+        return self._item is not None
+
+    def skip(self) -> None:
+        """Count an item that was never offered (dropped before its preparation)."""
+        with self._cond:
+            self.dropped += 1
+
 
 # ---------------------------------------------------------------------------------------------
 # What the capture thread hands to the inference thread
@@ -277,6 +287,11 @@ class Pipeline:
                 self.stats.last_frame_mono = frame.mono
                 self.stats.camera_fps.tick(frame.mono)
                 self.hub.publish_frame(frame)
+                if self.cells is not None and not self.batch and self.slot.waiting:
+                    # cell mode: detection and crops cost ~10 ms; a frame prepared while the
+                    # last one still waits would only replace it, so it is shown, not prepared
+                    self.slot.skip()
+                    continue
                 if not self.slot.put(self.prepare(frame)):
                     break
         except Exception as exc:  # SourceError and anything unexpected

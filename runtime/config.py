@@ -95,7 +95,7 @@ class TrustSection:
 class CellsSection:
     """[cells]: cell mode (--mode cells): white-cell detection, tracking, differential count."""
 
-    diameter_px: str = _f("100,250", "White-cell diameter range MIN,MAX in frame pixels (100,250\n"
+    diameter_px: str = _f("120,330", "White-cell diameter range MIN,MAX in frame pixels (120,330\n"
                                      "suits 640x480 at 100x), or auto: measured on the red cells.")
     max_cells: int = _f(24, "At most this many cells per frame (the largest); more = a warning.")
     nucleus_low: float = _f(0.30, "Nucleus stain (optical density unmixed, relative to the\n"

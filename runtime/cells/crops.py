@@ -6,6 +6,10 @@ images, docs/cells.md; lymphocytes less, monocytes more). So a frame's crops all
 set by the frame's typical white-cell diameter, and a small cell stays small in its crop, as
 the model learnt it. Parts of a crop outside the frame are filled with the frame's background
 colour (what surrounds a cell on a slide), not with mirrored or black pixels.
+
+Crops are white-balanced to the PBC lamp (each channel scaled so that the frame's background
+becomes :data:`PBC_BACKGROUND`, von Kries): another camera, lamp or exposure then reaches the
+model in the colours it was trained on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from lgld.runtime.cells.detect import Detection, background_reference
 
 #: Median white-cell width / crop width on WBC5 (PBC) training images.
 CELL_FRACTION = 0.362
+#: The PBC crops' background (lamp) colour, B, G, R (detect.background_reference, mean of the
+#: bundled crops): crops are white-balanced to it, as the model only ever saw this lamp.
+PBC_BACKGROUND = (204.0, 230.0, 255.0)
 
 #: Class names a white-cell (WBC5-style) model must have to run in cell mode (case-insensitive).
 WHITE_CELL_TYPES = {
@@ -72,7 +79,8 @@ def cell_crops(image: np.ndarray, cells: Sequence[Detection], typical_diameter: 
     if input_size and side != input_size:
         interp = cv2.INTER_AREA if side > input_size else cv2.INTER_LINEAR
         crops = [cv2.resize(c, (input_size, input_size), interpolation=interp) for c in crops]
-    return crops
+    gain = (np.float32(PBC_BACKGROUND) / fill).reshape(1, 1, 3)
+    return [cv2.convertScaleAbs(c.astype(np.float32) * gain) for c in crops]
 
 
 def classify_cells(classifier, image: np.ndarray, cells: Sequence[Detection],

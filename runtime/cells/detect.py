@@ -44,7 +44,7 @@ RED_CELL_OD = (0.54, 0.72, 0.43)
 #: Typical white-cell diameter in measured red-cell diameters (PBC: 0.362 x 5.42; docs/cells.md).
 WBC_PER_RBC = 1.96
 #: Default white-cell diameter range (config [cells] diameter_px: 640x480 at 100x).
-DEFAULT_DIAMETER_PX = CellsSection().diameter_range() or (100.0, 250.0)
+DEFAULT_DIAMETER_PX = CellsSection().diameter_range() or (120.0, 330.0)
 #: More connected components than this in one frame: keep the largest, warn (smear artefacts).
 MAX_COMPONENTS = 400
 

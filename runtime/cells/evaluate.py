@@ -191,6 +191,8 @@ def evaluate_wbc5(args: argparse.Namespace) -> dict:
     failures = []
     for path, label in items:
         image = read_image(path)
+        if args.gains:  # exposure / white-balance shift: every channel times its gain
+            image = np.clip(image * np.float32(args.gains), 0, 255).astype(np.uint8)
         h, w = image.shape[:2]
         detector.reset_scale()
         result = detector.detect(image)
@@ -360,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--model", default="wbc5")
     w.add_argument("--threads", type=int, default=1)
     w.add_argument("--limit", type=int, default=0, help="at most N crops, evenly spread")
+    w.add_argument("--gains", type=parse_gains, default=None, metavar="B,G,R",
+                   help="multiply the channels first (exposure and white-balance shift)")
     w.add_argument("--diameter", type=parse_diameter, default=PBC_DIAMETER,
                    help="white-cell diameter range LO,HI in pixels or auto "
                         f"(default {PBC_DIAMETER[0]:g},{PBC_DIAMETER[1]:g}: PBC crops)")

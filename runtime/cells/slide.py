@@ -31,8 +31,8 @@ from lgld.runtime.core.preprocess import read_image
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 #: Red-cell diameter on the slide (pixels of a 640-wide frame): the detector's default range
-#: frames PBC-like crops of it (crops.CELL_FRACTION). At 84 px the demo's neutrophils came out
-#: as monocytes (the cut-out cells look larger than in their crops); 72 px classifies them right.
+#: (120,330) then frames the cells like PBC crops (crops.CELL_FRACTION); with a mismatched
+#: scale the demo's neutrophils came out as monocytes.
 RBC_PX = 90.0
 #: PBC crops show red cells about 66 px wide (detect.measure_rbc_diameter): their scale factor.
 PBC_RBC_PX = 66.0

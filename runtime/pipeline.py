@@ -10,6 +10,8 @@
   pipeline's result rate stays close to the model's own (``lgld-bench`` row 4).
 * Display and streaming read :class:`FrameHub`, which is updated at camera rate and holds the
   latest frame and the latest result, so a viewer sees every frame with the last result on it.
+  Cell mode publishes the classified frames instead, so that each cell's box is drawn on the
+  frame it was found in, never on a later one where the stage has moved the cell away.
 * Batch sources (a folder of images) use the slot losslessly: each image is classified once.
 * A live source that stops delivering (:class:`CameraLost`) is closed and reopened with
   exponential backoff; the outage is reported on stderr, in the overlay, /healthz and /metrics.
@@ -286,7 +288,8 @@ class Pipeline:
                 self.stats.frames += 1
                 self.stats.last_frame_mono = frame.mono
                 self.stats.camera_fps.tick(frame.mono)
-                self.hub.publish_frame(frame)
+                if self.cells is None:  # cell mode shows the classified frames (see below)
+                    self.hub.publish_frame(frame)
                 if self.cells is not None and not self.batch and self.slot.waiting:
                     # cell mode: detection and crops cost ~10 ms; a frame prepared while the
                     # last one still waits would only replace it, so it is shown, not prepared
@@ -334,6 +337,8 @@ class Pipeline:
                     continue
                 result = self.classify(prepared)
                 self.hub.publish_result(result)
+                if self.cells is not None:  # boxes drawn on their own frame, never on a later one
+                    self.hub.publish_frame(prepared.frame)
                 for listener in self.listeners:
                     listener(result)
                 self._results += 1

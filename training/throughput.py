@@ -141,7 +141,7 @@ def lgld_train_epoch(data: str, size: int, env: Mapping[str, str], limit_per_cla
                  else current_allocator(env))
     images = round(entry["images_per_second"] * entry["seconds"])  # training images seen
     return {"images_per_second": entry["images_per_second"], "epoch_s": entry["seconds"],
-            "train_loop_s": entry.get("train_seconds"),
+            "train_loop_s": entry.get("train_seconds"), "train_loss": entry["train_loss"],
             "process_wall_s": wall, "user_s": user, "sys_s": sys_, "images": images,
             "allocator": allocator}
 
@@ -175,12 +175,13 @@ def measure_training(reference: str, data: str, sizes: Sequence[int], rounds: in
         for size in sizes:
             rows: dict[str, list[dict]] = {name: [] for name, _ in settings}
             for r in range(rounds):
-                results["loadavg"].append(os.getloadavg()[0])
                 for name, run in settings:
+                    results["loadavg"].append(os.getloadavg()[0])  # before every setting
                     rows[name].append(run(size, Path(tmp)))
                     log(f"  {size}px round {r + 1}: {name}: "
                         f"{rows[name][-1]['images_per_second']:.2f} img/s")
             results["sizes"][str(size)] = summarise(rows)
+    results["loadavg"].append(os.getloadavg()[0])
     return results
 
 
@@ -197,6 +198,8 @@ def summarise(rows: Mapping[str, list[dict]]) -> dict[str, Any]:
                                                  for r in runs),
             "allocator": runs[0]["allocator"],
         }
+        if "train_loss" in runs[0]:  # the same in every round and setting: nothing else changes
+            table[name]["train_loss"] = [r["train_loss"] for r in runs]
     base = next(iter(table.values()))["images_per_second"]
     for row in table.values():
         row["ratio"] = row["images_per_second"] / base

@@ -18,6 +18,7 @@ from lgld.training.data import (
     make_split,
     verify_items,
 )
+from lgld.training.labrun import prepare_lab_split
 from lgld.training.recipes import get_recipe
 
 PROG = "lgld-train"
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="", help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--split-file", help="reuse another run's split.json (e.g. when fine-tuning)")
     p.add_argument("--name", default="", help="data-set name for the model card/metadata")
+    p.add_argument("--mix-data", help="also train on this data folder or split.json (its train "
+                   "part), e.g. the --init model's training data; val/test stay --data's")
+    p.add_argument("--mix-ratio", type=float, default=0.5,
+                   help="share of --mix-data images in the train part (default 0.5)")
     return p
 
 
@@ -67,6 +72,9 @@ def run_training(args: argparse.Namespace) -> int:
         deterministic=args.deterministic, dataset_name=args.name, init=args.init,
     )
     split_path = out / "split.json"
+    lab = None
+    if args.mix_data and (args.resume or args.split_file):
+        raise DataError("--mix-data makes a new split: not with --resume or --split-file")
     if args.resume:
         if not (out / "last.pt").is_file():
             raise DataError(f"nothing to resume: {out / 'last.pt'} does not exist")
@@ -83,9 +91,13 @@ def run_training(args: argparse.Namespace) -> int:
             found.pool = limit_per_class(found.pool, args.limit_per_class)
             val = args.val_fraction if args.val_fraction is not None else (
                 0.2 if found.test else 0.1)
-            split = make_split(found, val, args.test_fraction, args.seed)
+            lab = prepare_lab_split(found, val, args.test_fraction, args.seed, args.init,
+                                    args.mix_data, args.mix_ratio)
+            split = lab.split if lab else make_split(found, val, args.test_fraction, args.seed)
         out.mkdir(parents=True, exist_ok=True)
         split.save(split_path)
+        if lab:
+            print(f"{PROG}: lab data: {lab.describe()}", file=sys.stderr)
         counts = ", ".join(f"{k} {len(v)}" for k, v in split.parts.items())
         print(f"{PROG}: {split.layout} layout, classes {split.classes}; split {counts}; "
               f"{split.duplicates} byte-identical duplicate(s) kept within one split",
@@ -98,6 +110,8 @@ def run_training(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise DataError(str(exc)) from None
+    if lab and trainer.main:
+        lab.save(out)
     print(f"{PROG}: {trainer.model_summary()} on {trainer.device}, recipe {recipe.name} "
           f"({recipe.epochs} epochs)", file=sys.stderr)
     try:
@@ -123,7 +137,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    from lgld.training.evaluate import main
+    from lgld.training.compare import main  # plain lgld-eval unless --compare is given
 
     return main(argv)
 

@@ -4,6 +4,7 @@ bad input is refused with one line and nothing is written."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ SID = "20261201-100000-abcd"
 
 def build(log: LabLog, out: Path, **options) -> dict:
     return write(plan([Source(log.path, log.folder)], Options(**options)), out)
+
+
+def build_from(log: Path, crops: Path, out: Path) -> dict:
+    return write(plan([Source(log, crops)], Options()), out)
 
 
 def test_reviewed_cells_become_an_imagefolder_whose_manifest_holds_provenance_and_hashes(tmp_path):
@@ -127,11 +132,16 @@ def test_a_crop_folder_that_does_not_match_the_log_is_refused(tmp_path):
     assert "1 of 15 crops missing or unreadable" in refused(log, tmp_path / "lab")
 
 
-def test_crop_paths_that_leave_the_crop_folder_are_refused(tmp_path):
+def test_crops_logged_outside_the_log_folder_are_found_in_a_copied_crop_folder(tmp_path):
     log = reviewed_session(tmp_path / "pi", per_class=5)
-    log.lines[1]["crop"] = "../../secret.png"
+    for line in log.lines:  # the Pi kept its crops in /var/lib/lgld/crops, beside /var/log
+        if line.get("crop"):
+            line["crop"] = "../../lib/lgld/" + line["crop"]
     log.write()
-    assert "leaves the crop folder" in refused(log, tmp_path / "lab")
+    assert build_from(log.path, log.folder, tmp_path / "lab")["images_total"] == 15
+    shutil.move(tmp_path / "pi" / "crops", tmp_path / "usb" / "crops")  # copied elsewhere
+    assert "15 of 15 crops missing" in refused(log, tmp_path / "lab2")
+    assert build_from(log.path, tmp_path / "usb", tmp_path / "lab2")["images_total"] == 15
 
 
 def test_sessions_that_used_different_models_are_refused(tmp_path):

@@ -161,11 +161,18 @@ def _label(cell: Cell, session: Session, options: Options) -> tuple[str, str] | 
     return cell.model_class, "model"
 
 
-def _crop_path(src: Source, crop: str) -> Path | None:
-    """The crop's file, or None when its path leaves the crop folder."""
-    root = src.crops.resolve()
-    path = (root / crop).resolve()
-    return path if path.is_relative_to(root) else None
+def _crop_path(src: Source, crop: str) -> Path:
+    """The crop's file: the logged path under the crop folder, else the longest tail of it that
+    exists there (a crop folder copied off the Pi without the folders above it)."""
+    logged = Path(crop)
+    if logged.is_absolute() and logged.is_file():
+        return logged
+    parts = [p for p in logged.parts if p not in ("/", "..", ".")]
+    for k in range(len(parts)):
+        candidate = src.crops / Path(*parts[k:])
+        if candidate.is_file():
+            return candidate
+    return src.crops / crop
 
 
 def _readable_image(data: bytes) -> bool:
@@ -199,9 +206,6 @@ def plan(sources: list[Source], options: Options | None = None) -> Plan:
                 continue
             referenced[i] += 1
             path = _crop_path(src, cell.crop)
-            if path is None:
-                raise DatasetError(f"{src.log}: crop path {cell.crop!r} leaves the crop folder "
-                                   f"{src.crops}")
             if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
                 by_log.setdefault(i, []).append(cell.crop)
                 continue

@@ -86,12 +86,28 @@ def test_the_better_model_is_recommended_with_both_tables_side_by_side(models, t
     assert "recommendation: keep right.onnx" in out
 
 
-def test_too_few_held_out_cells_are_said_to_be_too_few(models, tmp_path, capsys):
+def test_a_small_held_out_set_is_said_to_be_too_small(models, tmp_path, capsys):
     right, swapped = models
-    out, result = compare(tmp_path, right, swapped, 3, capsys)
-    assert result["num_images"] == 9
-    assert ("recommendation: too few held-out cells to decide (9 < 30): the comparison leans "
+    out, result = compare(tmp_path, right, swapped, 2, capsys)  # 4 fixed of 6: p = 0.125
+    assert result["num_images"] == 6
+    assert ("recommendation: too few held-out cells to decide (6 < 30): the comparison leans "
             "to the new model") in out
+    out, result = compare(tmp_path, right, swapped, 3, capsys)  # 6 fixed of 9: p = 0.031
+    assert "recommendation: switch to right.onnx" in out
+    assert "; but only 9 held-out cells: check before relying on it" in out
+
+
+def test_classes_without_held_out_cells_are_named_in_the_recommendation(models, tmp_path,
+                                                                        capsys):
+    right, swapped = models
+    data = colour_folder(tmp_path / "rg", 12)
+    for f in (data / "blue").iterdir():
+        f.unlink()
+    (data / "blue").rmdir()
+    assert main(["--model", str(right), "--compare", str(swapped), "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "  blue (0)" in out
+    assert "switch to right.onnx" in out and "not tested on blue (no held-out cells)" in out
 
 
 def test_equal_models_are_no_reason_to_switch(models, tmp_path, capsys):

@@ -71,21 +71,28 @@ def predict_both(new: Model, current: Model, root: Path, items: Sequence[Item],
 
 def recommend(n: int, new: dict, current: dict, fixed: int, broken: int, p: float,
               new_name: str, current_name: str) -> str:
-    """One line: switch, keep, or not enough evidence (and why)."""
+    """One line: switch, keep, or not enough evidence (and why), with the caveats that apply."""
     d_acc = 100 * (new["accuracy"] - current["accuracy"])
     d_f1 = 100 * (new["macro_f1"] - current["macro_f1"])
     delta = (f"accuracy {d_acc:+.1f} points, macro F1 {d_f1:+.1f} points; {fixed} cells fixed, "
              f"{broken} broken, McNemar p = {p:.3g}, n = {n}")
+    untested = [c for c in current["classes"] if c not in current["macro_over"]]
+    caveats = []
+    if n < MIN_CELLS:
+        caveats.append(f"only {n} held-out cells")
+    if untested:
+        caveats.append(f"not tested on {', '.join(untested)} (no held-out cells)")
+    caveat = f"; but {' and '.join(caveats)}: check before relying on it" if caveats else ""
+    if fixed > broken and p < ALPHA and d_f1 >= 0:
+        return f"switch to {new_name} ({delta}){caveat}"
+    if broken > fixed and p < ALPHA:
+        return f"keep {current_name} ({delta})"
     if n < MIN_CELLS:
         lean = ("leans to the new model" if fixed > broken and d_f1 >= 0 else
                 "leans to the current model" if broken > fixed and d_f1 <= 0 else "is even")
         return (f"too few held-out cells to decide ({n} < {MIN_CELLS}): the comparison {lean} "
                 f"({delta}); review more cells and compare again before switching")
-    if fixed > broken and p < ALPHA and d_f1 >= 0:
-        return f"switch to {new_name} ({delta})"
-    if broken > fixed and p < ALPHA:
-        return f"keep {current_name} ({delta})"
-    return (f"no significant difference: keep {current_name} ({delta})")
+    return f"no significant difference: keep {current_name} ({delta})"
 
 
 def compare(new: Model, current: Model, root: Path, items: Sequence[Item],

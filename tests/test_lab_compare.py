@@ -78,6 +78,8 @@ def test_the_better_model_is_recommended_with_both_tables_side_by_side(models, t
     assert result["current"]["confusion_matrix"] == [[0, 12, 0], [12, 0, 0], [0, 0, 12]]
     assert result["new"]["confusion_matrix"] == [[12, 0, 0], [0, 12, 0], [0, 0, 12]]
     assert "100.00% (36/36)" in out and "33.33% (12/36)" in out
+    assert result["majority"] == {"class": "blue", "accuracy": pytest.approx(1 / 3)}
+    assert "(always answering blue, the most frequent held-out class, scores 33.33%" in out
     assert "current: swapped.onnx" in out and "new: right.onnx" in out
     assert out.strip().splitlines()[-1].startswith("recommendation: switch to right.onnx")
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def compare(new: Model, current: Model, root: Path, items: Sequence[Item],
     p = mcnemar_p(fixed, broken)
     return {
         "classes": classes, "num_images": len(kept), "skipped": skipped,
+        "majority": _majority(truth),
         "new": results["new"], "current": results["current"],
         "paired": {"both_right": int((new_ok & cur_ok).sum()),
                    "both_wrong": int((~new_ok & ~cur_ok).sum()),
@@ -123,6 +125,12 @@ def compare(new: Model, current: Model, root: Path, items: Sequence[Item],
         "recommendation": recommend(len(kept), results["new"], results["current"], fixed,
                                     broken, p, new.path.name, current.path.name),
     }
+
+
+def _majority(truth: Sequence[str]) -> dict:
+    """The score of always answering the most frequent held-out class (the floor to beat)."""
+    name, count = Counter(truth).most_common(1)[0]
+    return {"class": name, "accuracy": count / len(truth)}
 
 
 def _pct(x: float) -> str:
@@ -150,6 +158,9 @@ def format_comparison(result: dict) -> str:
              f"{'':<22}{names[0]:>{col}}{names[1]:>{col}}",
              f"{'accuracy':<22}{acc['current']:>{col}}{acc['new']:>{col}}",
              f"{'macro F1':<22}{_pct(cur['macro_f1']):>{col}}{_pct(new['macro_f1']):>{col}}"]
+    major = result["majority"]
+    lines.append(f"(always answering {major['class']}, the most frequent held-out class, "
+                 f"scores {_pct(major['accuracy'])} accuracy)")
     if cur["macro_over"] != result["classes"]:
         lines.append(f"(macro averages over the {len(cur['macro_over'])} classes present: "
                      f"{', '.join(cur['macro_over'])})")

@@ -1,4 +1,5 @@
-"""The crop folder's disk budget: whole cells go, unreviewed oldest first, reviewed last."""
+"""The counted cells' crop budget: whole cells go, unreviewed oldest first, reviewed last;
+other snapshot files are never touched."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ KB = 1024
 def cell_files(folder: Path, stem: str, age_s: float, kb: int = 10) -> list[Path]:
     """A cell's crop and context thumbnail, ``kb`` KiB each, ``age_s`` seconds old."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"{stem}.png", folder / f"{stem}.context.jpg"]
+    paths = [folder / f"{stem}.jpg", folder / f"{stem}.context.jpg"]
     when = 1_700_000_000 - age_s
     for p in paths:
         p.write_bytes(b"x" * kb * KB)
@@ -24,44 +25,51 @@ def cell_files(folder: Path, stem: str, age_s: float, kb: int = 10) -> list[Path
     return paths
 
 
-def test_a_folder_within_its_budget_is_left_alone(tmp_path):
+def test_crops_within_their_budget_are_left_alone(tmp_path):
     for i in range(3):
-        cell_files(tmp_path, f"t{i}", age_s=i)
+        cell_files(tmp_path / "cells-a", f"f{i}-t{i}", age_s=i)
     deleted, left = prune(tmp_path, 60 * KB, reviewed=[])
     assert deleted == [] and left == 60 * KB
 
 
 def test_oldest_unreviewed_cells_go_first_whole_and_reviewed_ones_last(tmp_path):
-    old_reviewed = cell_files(tmp_path / "s1", "t1", age_s=500)
-    old = cell_files(tmp_path / "s1", "t2", age_s=400)
-    newer = cell_files(tmp_path / "s1", "t3", age_s=300)
-    newest = cell_files(tmp_path / "s2", "t1", age_s=100)
-    # 80 KiB in 4 cells of 20; a 65 KiB budget prunes to <= 58.5 KiB: two cells must go
+    snapshot = cell_files(tmp_path, "snapshot-raw", age_s=900, kb=50)  # POST /api/snapshot
+    old_reviewed = cell_files(tmp_path / "cells-s1", "f1-t1-Neutrophil", age_s=500)
+    old = cell_files(tmp_path / "cells-s1", "f2-t2-Monocyte", age_s=400)
+    newer = cell_files(tmp_path / "cells-s1", "f3-t3-Monocyte", age_s=300)
+    newest = cell_files(tmp_path / "cells-s2", "f1-t1-Lymphocyte", age_s=100)
+    # 80 KiB of crops in 4 cells of 20; a 65 KiB budget prunes to <= 58.5 KiB: two cells go
     deleted, left = prune(tmp_path, 65 * KB, reviewed=[old_reviewed[0]])
     assert sorted(deleted) == sorted(old + newer)
     assert left == 40 * KB
-    assert all(p.exists() for p in old_reviewed + newest)
-    # reviewed cells go only when nothing unreviewed is left
+    assert all(p.exists() for p in old_reviewed + newest + snapshot)
     deleted, left = prune(tmp_path, 25 * KB, reviewed=[old_reviewed[0]])
     assert sorted(deleted) == sorted(newest) and left == 20 * KB
+    assert not (tmp_path / "cells-s2").exists()  # its last cell went: no empty folder left
+    # reviewed cells go only when nothing unreviewed is left
     deleted, left = prune(tmp_path, 15 * KB, reviewed=[old_reviewed[0]])
     assert sorted(deleted) == sorted(old_reviewed) and left == 0
+    assert all(p.exists() for p in snapshot)
 
 
-def test_the_budget_counts_new_files_and_prunes_only_when_exceeded(tmp_path):
+@pytest.mark.parametrize("background", [False, True])
+def test_the_budget_counts_new_files_and_prunes_only_when_exceeded(tmp_path, background):
     asked = []
 
     def reviewed() -> set[Path]:
         asked.append(1)
         return set()
 
-    budget = CropBudget(tmp_path / "crops", limit_mb=50 * KB / (1024 * 1024), reviewed=reviewed)
+    crops = tmp_path / "snap" / "cells-s"
+    budget = CropBudget(tmp_path / "snap", limit_mb=50 * KB / 2**20, reviewed=reviewed,
+                        background=background)
     for i in range(2):
-        budget.added(*cell_files(tmp_path / "crops", f"t{i}", age_s=100 - i))
+        budget.added(*cell_files(crops, f"f{i}-t{i}", age_s=100 - i))
     assert budget.total == 40 * KB and not asked  # under budget: no scan, no log read
-    budget.added(*cell_files(tmp_path / "crops", "t9", age_s=0))
+    budget.added(*cell_files(crops, "f9-t9", age_s=0), None)
+    budget.wait()
     assert asked and budget.deleted == 2 and budget.total == 40 * KB
-    assert not (tmp_path / "crops" / "t0.png").exists()
+    assert not (crops / "f0-t0.jpg").exists() and (crops / "f9-t9.jpg").exists()
     with pytest.raises(ValueError, match="crop_budget_mb"):
         CropBudget(tmp_path, 0)
 

@@ -39,3 +39,19 @@ step finetune lgld-train --data lab-data --out run --init "$ZOO/lgld-wbc5.pt" \
 step compare lgld-eval --model run/best.pt --compare "$ZOO/lgld-wbc5.onnx" --data lab-data \
     --split-file run/split.json --split test --threads 1 --json compare.json
 awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "== whole loop: %.1f s\n", b - a }' >&2
+
+# 6. (after the loop) What the fine-tune cost on the shipped model's own kind of images: 20 PBC
+#    crops per class that were not mixed into train, both models side by side.
+python - "$WBC5" <<'PY'
+import json, os, sys
+from pathlib import Path
+mixed = {it["path"] for it in json.load(open("run/split.json"))["splits"]["train"]}
+root = Path(sys.argv[1])
+for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+    (Path("pbc-check") / cls).mkdir(parents=True)
+    unused = [f for f in sorted((root / cls).glob("*.jpg")) if str(f.resolve()) not in mixed]
+    for f in unused[-20:]:
+        os.symlink(f.resolve(), Path("pbc-check") / cls / f.name)
+PY
+step pbc-check lgld-eval --model run/best.pt --compare "$ZOO/lgld-wbc5.onnx" --data pbc-check \
+    --threads 1 --json compare-pbc.json

@@ -157,6 +157,8 @@ def test_lgld_train_init_on_a_lab_data_set_keeps_cells_whole_and_records_the_man
     section = "\n".join(_lab_section(run))
     assert "18 counted cells" in section and "review:confirm 18" in section
     assert "20261201-100000-abcd \"smear 1\"" in section
+    assert f"--mix-data {shipped.resolve()} --mix-ratio 0.5" in section
+    assert "--val-fraction 0.2 --test-fraction 0.2" in section
 
     capsys.readouterr()
     code = eval_main(["--model", str(run / "best.pt"), "--compare", str(init), "--data", str(lab),

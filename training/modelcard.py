@@ -124,12 +124,14 @@ def _lab_section(run_dir: Path) -> list[str]:
                 f"{c} {n}" for c, n in m["omitted_classes"].items()) + ".")
     mix = record.get("mix")
     if mix:
-        lines.append(f"- Mixed into train: {mix['images']} images of `{mix['data']}` (ratio "
-                     f"{mix['ratio']}: " + ", ".join(f"{c} {n}" for c, n in
-                                                     mix["per_class"].items()) + ").")
+        lines.append(f"- Mixed into train: {mix['images']} images of `{mix['data']}` ("
+                     + ", ".join(f"{c} {n}" for c, n in mix["per_class"].items())
+                     + f"; `--mix-data {mix['data']} --mix-ratio {mix['ratio']}`).")
     if record.get("groups"):
+        fractions = json.loads((run_dir / "split.json").read_text()).get("fractions", {})
         lines.append(f"- Split: {record['groups']} counted cells, every crop of one cell in one "
-                     "part; val and test hold the lab's cells only.")
+                     "part; val and test hold the lab's cells only (`--val-fraction "
+                     f"{fractions.get('val')} --test-fraction {fractions.get('test')}`).")
     return [*lines, ""]
 
 

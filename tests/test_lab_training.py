@@ -79,10 +79,22 @@ def test_byte_identical_crops_of_different_cells_land_in_one_part():
     assert placed["b/twin.png"] == placed[items[0].path]
 
 
+def test_model_labelled_cells_only_ever_train():
+    items, groups = grouped_items(10)
+    model_made = {it.path for it in items if it.label == "b" and int(groups[it.path][2:]) > 15}
+    found = Discovered(Path("/lab"), "imagefolder", ["a", "b"], items)
+    split = group_split(found, groups, 0.2, 0.2, seed=1, train_only=model_made)
+    placed = where(split)
+    assert {placed[p] for p in model_made} == {"train"}
+    b_cells = {groups[it.path] for part in ("val", "test") for it in split.parts[part]
+               if it.label == "b"}
+    assert len(b_cells) == 2  # val and test of class b come from its 5 reviewed cells
+
+
 def test_group_split_refuses_a_class_with_too_few_cells_and_foreign_classes():
     items, groups = grouped_items(2)
     found = Discovered(Path("/lab"), "imagefolder", ["a", "b"], items)
-    with pytest.raises(DataError, match="too few cells"):
+    with pytest.raises(DataError, match="too few reviewed cells"):
         group_split(found, groups, 0.2, 0.2)
     items, groups = grouped_items(5)
     found = Discovered(Path("/lab"), "imagefolder", ["a", "b"], items)

@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from lgld.runtime.core.labmanifest import ManifestError, image_groups, read_manifest
+from lgld.runtime.core.labmanifest import (
+    ManifestError,
+    image_groups,
+    model_labelled,
+    read_manifest,
+)
 from lgld.training.data import DataError, Discovered, Item, Split
 
 
-def manifest_groups(found: Discovered) -> dict[str, str] | None:
-    """Image path -> group id from the folder's lgld-dataset manifest (None without one)."""
+def manifest_groups(found: Discovered) -> tuple[dict[str, str], set[str]] | None:
+    """From the folder's lgld-dataset manifest (None without one): image path -> group id, and
+    the paths labelled by the model rather than a reviewer (kept to the train part)."""
     try:
         manifest = read_manifest(found.root)
     except ManifestError as exc:
         raise DataError(str(exc)) from None
-    return None if manifest is None else image_groups(manifest)
+    return None if manifest is None else (image_groups(manifest), model_labelled(manifest))
 
 
 def _whole_groups(items: Sequence[Item], groups: dict[str, str]) -> list[list[Item]]:
@@ -52,9 +58,11 @@ def _whole_groups(items: Sequence[Item], groups: dict[str, str]) -> list[list[It
 def group_split(
     found: Discovered, groups: dict[str, str], val_fraction: float = 0.1,
     test_fraction: float = 0.1, seed: int = 42, classes: Sequence[str] | None = None,
+    train_only: Collection[str] = (),
 ) -> Split:
     """Stratified, seeded split of whole groups; ``classes`` (e.g. the --init model's) may name
-    classes the data lacks, and then the split is made over the classes present."""
+    classes the data lacks, and then the split is made over the classes present. Groups with
+    an image in ``train_only`` (model-labelled) go to train: val and test judge on reviews."""
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(f"bad fractions: val {val_fraction}, test {test_fraction}")
     classes = list(classes) if classes is not None else list(found.classes)
@@ -64,10 +72,14 @@ def group_split(
     items = found.pool + found.test
     whole = _whole_groups(items, groups)
     by_class: dict[str, list[list[Item]]] = defaultdict(list)
-    for g in whole:
-        by_class[g[0].label].append(g)
-    rng = random.Random(seed)
     parts: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
+    train_only = set(train_only)
+    for g in whole:
+        if any(it.path in train_only for it in g):
+            parts["train"].extend(g)
+        else:
+            by_class[g[0].label].append(g)
+    rng = random.Random(seed)
     for cls in sorted(by_class):
         cls_groups = sorted(by_class[cls], key=lambda g: g[0].path)
         rng.shuffle(cls_groups)
@@ -75,8 +87,8 @@ def group_split(
         n_val = max(1, round(n * val_fraction))
         n_test = max(1, round(n * test_fraction)) if test_fraction else 0
         if n - n_val - n_test < 1:
-            raise DataError(f"class {cls!r} has too few cells ({n}) to split into train, val"
-                            + (" and test" if test_fraction else ""))
+            raise DataError(f"class {cls!r} has too few reviewed cells ({n}) to split into "
+                            "train, val" + (" and test" if test_fraction else ""))
         for i, g in enumerate(cls_groups):
             part = "val" if i < n_val else "test" if i < n_val + n_test else "train"
             parts[part].extend(g)

@@ -59,18 +59,21 @@ def prepare_lab_split(
 ) -> LabSplit | None:
     """The split of a lab data set (a folder with an lgld-dataset manifest) and/or one with
     mixed-in data; None for a plain folder without --mix-data (the usual split applies)."""
-    groups = manifest_groups(found)
-    if groups is None and not mix_data:
+    from_manifest = manifest_groups(found)
+    if from_manifest is None and not mix_data:
         return None
     classes = init_classes(init)
     record: dict = {"data": str(found.root.resolve()), "init": init}
     manifest = None
-    if groups is not None:
+    if from_manifest is not None:
+        groups, model_labelled = from_manifest
         manifest = found.root / MANIFEST_NAME
-        split = group_split(found, groups, val_fraction, test_fraction, seed, classes)
+        split = group_split(found, groups, val_fraction, test_fraction, seed, classes,
+                            train_only=model_labelled)
         record["manifest_sha256"] = hashlib.sha256(manifest.read_bytes()).hexdigest()
         record["groups"] = len({groups.get(it.path, it.path)
                                 for items in split.parts.values() for it in items})
+        record["model_labelled_in_train"] = len(model_labelled)
     else:
         from lgld.training.data import make_split
 

@@ -47,3 +47,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
 def image_groups(manifest: dict[str, Any]) -> dict[str, str]:
     """Image path (relative to the data set, forward slashes) -> its group id."""
     return {im["path"]: str(im["group"]) for im in manifest["images"]}
+
+
+def model_labelled(manifest: dict[str, Any]) -> set[str]:
+    """Paths of the images labelled by the model, not by a reviewer (``--include-unreviewed``):
+    fit for training, never for judging a model."""
+    return {im["path"] for im in manifest["images"] if im.get("label_source") == "model"}

@@ -148,7 +148,7 @@ class CropBudget:
             self.deleted += len(deleted)
             self._pruning = None
         if deleted:
-            log.info("crop budget: deleted %d files of the oldest cells (%.0f MB left of %.0f)",
+            log.info("crop budget: deleted %d files of the oldest cells (%.1f MB left of %.1f)",
                      len(deleted), left / 2**20, self.limit / 2**20)
         return deleted
 

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise DatasetError(f"{args.out} already exists; choose a new output folder")
     checked = plan(_sources(args.logs, args.crops), options)
     write(checked, args.out)
-    print(format_counts(checked))
+    print(format_counts(checked), flush=True)
     print(f"{PROG}: wrote {args.out} ({len(checked.entries)} images, manifest "
           f"{args.out / 'manifest.json'})", file=sys.stderr)
     return 0

@@ -18,6 +18,7 @@ from lgld.training.mix import mix_into, mix_pool
 
 RECORD_NAME = "lab.json"
 MANIFEST_COPY = "lab-manifest.json"
+LAB_FILES = (RECORD_NAME, MANIFEST_COPY)
 
 
 @dataclass

@@ -43,6 +43,7 @@ from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
+from lgld.runtime.dataset.cropstore import CropBudget, reviewed_crops
 from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
@@ -317,8 +318,14 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
     model = {"name": info.name, "path": str(classifier.path),
              "sha256": file_sha256(classifier.path), "precision": info.quantization,
              "classes": list(classifier.classes)}
+    budget = None
+    if cfg.http.snapshot_dir and c.crop_budget_mb > 0:
+        log_path = cfg.log.path
+        budget = CropBudget(cfg.http.snapshot_dir, c.crop_budget_mb,
+                            (lambda: reviewed_crops(log_path)) if log_path else frozenset)
     session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
-                           cfg.http.snapshot_dir or None, cfg.log.path or None)
+                           cfg.http.snapshot_dir or None, cfg.log.path or None,
+                           crop_budget=budget.added if budget else None)
     if not (tracking and c.resume and result_log and session.resume(result_log.path)):
         session.start()
     return session

@@ -110,6 +110,9 @@ class CellsSection:
     target: int = _f(100, "Cells per differential count (100 or 200); then 'count complete'.")
     sample: str = _f("", "Free-text label of the sample, written with each count session.")
     resume: bool = _f(True, "On start, continue the last count session found in the log.")
+    crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved with\n"
+                                      "[http] snapshot_dir): past it the oldest unreviewed cells'\n"
+                                      "crops go first, reviewed ones last; 0 = no limit.")
 
     def diameter_range(self) -> tuple[float, float] | None:
         """(MIN, MAX) in pixels, or None for auto; ConfigError when malformed."""
@@ -207,6 +210,7 @@ class RunConfig:
         _check(c.max_speed > 0, "cells.max_speed must be > 0")
         _check(c.max_missed >= 0, "cells.max_missed must be >= 0")
         _check(c.target >= 1, "cells.target must be >= 1")
+        _check(c.crop_budget_mb >= 0, "cells.crop_budget_mb must be >= 0")
         _check(i.field_crop in ("square", "full"), "inference.field_crop must be square or full")
         _check(len(i.roi) in (0, 4), "inference.roi must be [] or [x, y, w, h]")
         if i.roi:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.review.report import cells_csv, render_html, summary, write_atomic
+from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary, write_atomic
 from lgld.runtime.review.sessionlog import SessionLogError, read_log
 
 PROG = "lgld-report"
@@ -58,13 +58,15 @@ def run(args: argparse.Namespace) -> int:
         return _list(log)
     session = log.get(args.session)
     # build everything first: an error leaves no output behind
+    crops = CropFiles(log)
+    data = summary(log, session, crops)
     outputs: list[tuple[str, str]] = []
     if args.output:
-        outputs.append((args.output, render_html(log, session)))
+        outputs.append((args.output, render_html(log, session, crops, data)))
     if args.csv:
-        outputs.append((args.csv, cells_csv(log, session)))
+        outputs.append((args.csv, cells_csv(log, session, crops)))
     if args.json:
-        outputs.append((args.json, json.dumps(summary(log, session), indent=2) + "\n"))
+        outputs.append((args.json, json.dumps(data, indent=2) + "\n"))
     for target, text in outputs:
         try:
             write_atomic(target, text)

@@ -43,25 +43,38 @@ class CropStats:
     none: int = 0
 
 
-def crop_path(log: SessionLog, cell: Cell) -> Path | None:
-    """A cell's crop file: its path in the log is relative to the log's folder."""
-    if not cell.crop:
-        return None
-    path = Path(cell.crop)
-    return path if path.is_absolute() else log.path.parent / path
+class CropFiles:
+    """Where each cell's crop file is (relative paths are relative to the log's folder), with
+    each file's existence checked once."""
 
+    def __init__(self, log: SessionLog) -> None:
+        self.folder = str(log.path.parent)
+        self._exists: dict[str, bool] = {}
 
-def crop_stats(log: SessionLog, session: Session) -> CropStats:
-    stats = CropStats()
-    for cell in session.cells:
-        path = crop_path(log, cell)
+    def path(self, cell: Cell) -> str | None:
+        return os.path.join(self.folder, cell.crop) if cell.crop else None
+
+    def found(self, cell: Cell) -> bool | None:
+        """True/False whether the crop file exists; None when no crop was saved."""
+        path = self.path(cell)
         if path is None:
-            stats.none += 1
-        elif path.is_file():
-            stats.found += 1
-        else:
-            stats.missing += 1
-    return stats
+            return None
+        known = self._exists.get(path)
+        if known is None:
+            known = self._exists[path] = os.path.isfile(path)
+        return known
+
+    def stats(self, session: Session) -> CropStats:
+        stats = CropStats()
+        for cell in session.cells:
+            found = self.found(cell)
+            if found is None:
+                stats.none += 1
+            elif found:
+                stats.found += 1
+            else:
+                stats.missing += 1
+        return stats
 
 
 def percentages(counts: dict[str, int]) -> dict[str, float]:
@@ -77,11 +90,11 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def summary(log: SessionLog, session: Session) -> dict[str, Any]:
+def summary(log: SessionLog, session: Session, crops: CropFiles | None = None) -> dict[str, Any]:
     """The session's report as plain data (the --json output and the HTML's numbers)."""
     model_counts = session.model_counts()
     reviewed_counts = session.reviewed_counts()
-    crops = crop_stats(log, session)
+    stats = (crops or CropFiles(log)).stats(session)
     return {
         "session": session.id,
         "sample": session.sample,
@@ -124,7 +137,7 @@ def summary(log: SessionLog, session: Session) -> dict[str, Any]:
                 for k, (m, lo) in session.confidence_by_class().items()
             },
         },
-        "crops": {"found": crops.found, "missing": crops.missing, "none": crops.none},
+        "crops": {"found": stats.found, "missing": stats.missing, "none": stats.none},
         "log": {
             "path": str(log.path),
             "files": [str(f) for f in log.files],
@@ -138,7 +151,7 @@ def summary(log: SessionLog, session: Session) -> dict[str, Any]:
 
 
 # --- CSV ------------------------------------------------------------------------------------
-def cells_csv(log: SessionLog, session: Session) -> str:
+def cells_csv(log: SessionLog, session: Session, crops: CropFiles | None = None) -> str:
     """One row per counted cell: model and reviewed class, confidence, probabilities, crop."""
     classes = [c for c in session.classes() if c != UNCLASSIFIED]
     out = io.StringIO()
@@ -148,8 +161,9 @@ def cells_csv(log: SessionLog, session: Session) -> str:
          "review", "reviewed_class", "x0", "y0", "x1", "y1", "crop", "crop_found"]
         + [f"p_{c}" for c in classes]
     )
+    crops = crops or CropFiles(log)
     for cell in session.cells:
-        path = crop_path(log, cell)
+        found = crops.found(cell)
         box = cell.box or ["", "", "", ""]
         writer.writerow(
             [session.id, cell.track if cell.track is not None else "", _iso(cell.time) or "",
@@ -157,18 +171,21 @@ def cells_csv(log: SessionLog, session: Session) -> str:
              cell.frames_seen if cell.frames_seen is not None else "",
              cell.model_class, "" if cell.confidence is None else f"{cell.confidence:.4f}",
              cell.review or "", "rejected" if cell.rejected else cell.reviewed_class, *box,
-             cell.crop or "", "" if path is None else int(path.is_file())]
+             cell.crop or "", "" if found is None else int(found)]
             + [f"{cell.probs[c]:.4f}" if c in cell.probs else "" for c in classes]
         )
     return out.getvalue()
 
 
 # --- HTML pieces ----------------------------------------------------------------------------
-def thumbnail(path: Path | None) -> str | None:
+def thumbnail(path: str | None) -> str | None:
     """A crop file as a data: URI of a small JPEG, or None when it cannot be read."""
     if path is None:
         return None
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # JPEG decodes at half size for almost nothing; fall back to full size for small crops
+    image = cv2.imread(path, cv2.IMREAD_REDUCED_COLOR_2)
+    if image is not None and max(image.shape[:2]) < THUMB_PX:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         return None
     h, w = image.shape[:2]
@@ -297,8 +314,8 @@ def _kv_table(rows: list[tuple[str, str]]) -> str:
     return f'<table class="kv">{body}</table>'
 
 
-def _gallery_cell(log: SessionLog, cell: Cell, colours: dict[str, str]) -> str:
-    uri = thumbnail(crop_path(log, cell))
+def _gallery_cell(crops: CropFiles, cell: Cell, colours: dict[str, str]) -> str:
+    uri = thumbnail(crops.path(cell)) if crops.found(cell) else None
     if uri is not None:
         img = f'<img src="{uri}" alt="track {escape(str(cell.track))}">'
     else:
@@ -318,7 +335,7 @@ def _gallery_cell(log: SessionLog, cell: Cell, colours: dict[str, str]) -> str:
             f'<b>{conf}</b>{note}</figcaption></figure>')
 
 
-def galleries(log: SessionLog, session: Session, colours: dict[str, str]) -> str:
+def galleries(crops: CropFiles, session: Session, colours: dict[str, str]) -> str:
     """Per reviewed class, then the rejected cells: thumbnails, least confident first."""
     groups: dict[str, list[Cell]] = {name: [] for name in session.classes()}
     rejected: list[Cell] = []
@@ -336,7 +353,7 @@ def galleries(log: SessionLog, session: Session, colours: dict[str, str]) -> str
         capped = (f' <span class="cap">showing the {len(shown)} least confident of '
                   f'{len(cells)}</span>' if len(cells) > len(shown) else "")
         dot = colours.get(key, "#b33") if key else "#b33"
-        figures = "".join(_gallery_cell(log, c, colours) for c in shown)
+        figures = "".join(_gallery_cell(crops, c, colours) for c in shown)
         sections.append(
             f'<section class="gallery"><h3><span class="dot" style="background:{dot}"></span>'
             f'{escape(title)} <span class="n">{len(cells)}</span>{capped}</h3>'
@@ -399,6 +416,8 @@ footer{margin-top:28px;font-size:12px;color:#778;border-top:1px solid #e3e6ea;pa
 
 
 def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
+    model_pct = percentages(data["model_counts"])  # unrounded: one rounding, here
+    reviewed_pct = percentages(data["reviewed_counts"])
     rows = []
     for name in data["classes"]:
         m, r = data["model_counts"][name], data["reviewed_counts"][name]
@@ -406,8 +425,8 @@ def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
         delta_txt = f'<span class="delta">{delta:+d}</span>' if delta else ""
         rows.append(
             f'<tr><td><span class="dot" style="background:{colours.get(name, GREY)}"></span> '
-            f'{escape(name)}</td><td>{m}</td><td>{data["model_percent"][name]:.1f}%</td>'
-            f'<td>{r}</td><td>{data["reviewed_percent"][name]:.1f}%</td><td>{delta_txt}</td></tr>'
+            f'{escape(name)}</td><td>{m}</td><td>{model_pct[name]:.1f}%</td>'
+            f'<td>{r}</td><td>{reviewed_pct[name]:.1f}%</td><td>{delta_txt}</td></tr>'
         )
     rejected = data["review"]["rejected"]
     rows.append(f'<tr><td class="muted">rejected (artefacts)</td><td></td><td></td>'
@@ -422,9 +441,12 @@ def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
     )
 
 
-def render_html(log: SessionLog, session: Session) -> str:
-    """The whole report as one self-contained HTML document."""
-    data = summary(log, session)
+def render_html(log: SessionLog, session: Session, crops: CropFiles | None = None,
+                data: dict[str, Any] | None = None) -> str:
+    """The whole report as one self-contained HTML document (``data``: its summary, when the
+    caller already has it)."""
+    crops = crops or CropFiles(log)
+    data = data or summary(log, session, crops)
     classes = data["classes"]
     colours = class_colours(classes)
     title = f"Differential count · {session.sample or session.id}"
@@ -499,12 +521,12 @@ def render_html(log: SessionLog, session: Session) -> str:
     conf_table = ('<table class="counts"><thead><tr><th>model class</th><th>mean</th>'
                   f'<th>lowest</th></tr></thead><tbody>{conf_rows}</tbody></table>')
 
-    crops = data["crops"]
-    crop_note = f'{crops["found"]} crops found'
-    if crops["missing"]:
-        crop_note += f', <b>{crops["missing"]} crop files missing</b>'
-    if crops["none"]:
-        crop_note += f', {crops["none"]} cells without a saved crop'
+    crop_counts = data["crops"]
+    crop_note = f'{crop_counts["found"]} crops found'
+    if crop_counts["missing"]:
+        crop_note += f', <b>{crop_counts["missing"]} crop files missing</b>'
+    if crop_counts["none"]:
+        crop_note += f', {crop_counts["none"]} cells without a saved crop'
     logd = data["log"]
     files = ", ".join(Path(f).name for f in logd["files"])
     log_rows = [
@@ -544,7 +566,7 @@ Percentages are of each column's total.</p>
 <h2>Cells</h2>
 <p class="muted">Grouped by reviewed class, least confident first; frame colour = class,
 caption = track and confidence.</p>
-{galleries(log, session, colours)}
+{galleries(crops, session, colours)}
 <h2>Source</h2>{_kv_table(log_rows)}
 <footer>Generated {generated} by lgld-report {escape(data["lgld_version"])} from the JSONL log
 alone.</footer>

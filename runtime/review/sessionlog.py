@@ -317,8 +317,8 @@ class _Reader:
             self.lines -= 1
             return
         try:
-            record = json.loads(line)
-        except ValueError:  # torn line, bad UTF-8, NaN-free strict JSON only matters to writers
+            record = json.loads(line.decode("utf-8"))
+        except ValueError:  # a torn line, bad UTF-8 (UnicodeDecodeError is a ValueError)
             self.skipped += 1
             return
         if not isinstance(record, dict):

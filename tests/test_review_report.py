@@ -221,7 +221,7 @@ def test_the_model_card_beside_the_model_file_is_included(tmp_path):
 def test_a_10000_cell_log_gives_a_report_with_capped_galleries(tmp_path):
     b = LogBuilder(tmp_path, seed=5, crops="shared")
     sid = b.start(target=10_000)
-    b.cells(10_000, frames=1)
+    b.cells(10_000, frames=0)
     b.review(17, "reject")
     b.end()
     out, summary = tmp_path / "r.html", tmp_path / "s.json"

@@ -218,10 +218,10 @@ def test_the_model_card_beside_the_model_file_is_included(tmp_path):
     assert "Model card not found" not in text
 
 
-def test_a_10000_cell_log_gives_a_report_with_capped_galleries(tmp_path):
-    b = LogBuilder(tmp_path, seed=5, crops="shared")
+def test_a_10000_cell_log_gives_a_report_whose_counts_match(tmp_path):
+    b = LogBuilder(tmp_path, seed=5, crops=None)
     sid = b.start(target=10_000)
-    b.cells(10_000, frames=0)
+    b.cells(10_000, frames=1)
     b.review(17, "reject")
     b.end()
     out, summary = tmp_path / "r.html", tmp_path / "s.json"
@@ -230,10 +230,21 @@ def test_a_10000_cell_log_gives_a_report_with_capped_galleries(tmp_path):
     assert data["cells"] == 10_000 and data["reviewed_total"] == 9_999
     assert {k: v for k, v in data["reviewed_counts"].items() if v} == expected_reviewed(
         b.events, sid)
-    page = _parse(out)
-    groups = sum(1 for v in data["reviewed_counts"].values() if v) + 1  # + rejected
-    cap = report_mod.GALLERY_CAP
-    assert len(page.images) <= groups * cap
-    assert f"showing the {cap} least confident of {data['reviewed_counts']['Neutrophil']}" in (
-        out.read_text())
+    assert data["time_to_target_s"] is not None
+    table = _counts_table(_parse(out))
+    assert table["total"][:3] == ["10000", "100%", "9999"]
     assert out.stat().st_size < 5_000_000
+
+
+def test_galleries_are_capped_per_class_and_the_report_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "GALLERY_CAP", 4)
+    b = LogBuilder(tmp_path, seed=5, crops="shared")
+    b.start()
+    for name in ["Neutrophil"] * 6 + ["Lymphocyte"] * 3:
+        b.cell(name, confidence=0.9)
+    b.review(1, "reject")
+    out = tmp_path / "r.html"
+    assert main([str(b.write()), "-o", str(out)]) == 0
+    page = _parse(out)
+    assert len(page.images) == 4 + 3 + 1  # Neutrophil capped, Lymphocyte, rejected
+    assert "showing the 4 least confident of 5" in out.read_text()

@@ -296,14 +296,31 @@ def _iter_lines(files: Iterable[Path]) -> Iterator[bytes]:
             yield from handle
 
 
-class _Reader:
-    """Folds log records into sessions, one record at a time."""
+def _after_torn_prefix(line: bytes) -> Any:
+    """The event appended right after a torn line (a crash mid-write, then a restart appends
+    to the same line), or None: the first ``{"event"`` from which the rest of the line parses."""
+    start = line.find(b'{"event"', 1)
+    while start > 0:
+        try:
+            return json.loads(line[start:].decode("utf-8"))
+        except ValueError:
+            start = line.find(b'{"event"', start + 1)
+    return None
+
+
+class SessionReader:
+    """Folds log lines into sessions, one line at a time (``feed``), so a follower can keep
+    reading a live log where it stopped."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
         self.skipped = 0
         self.other = 0
         self.lines = 0
+
+    def result(self, path: Path, files: list[Path]) -> SessionLog:
+        return SessionLog(path=path, files=files, sessions=list(self.sessions.values()),
+                          lines=self.lines, skipped=self.skipped, other_records=self.other)
 
     def session(self, sid: str) -> Session:
         found = self.sessions.get(sid)
@@ -320,7 +337,9 @@ class _Reader:
             record = json.loads(line.decode("utf-8"))
         except ValueError:  # a torn line, bad UTF-8 (UnicodeDecodeError is a ValueError)
             self.skipped += 1
-            return
+            record = _after_torn_prefix(line)
+            if record is None:
+                return
         if not isinstance(record, dict):
             self.skipped += 1
             return
@@ -427,17 +446,10 @@ def read_log(path: str | Path) -> SessionLog:
     if not path.is_file():
         raise SessionLogError(f"log is not a file: {path}")
     files = log_files(path)
-    reader = _Reader()
+    reader = SessionReader()
     try:
         for line in _iter_lines(files):
             reader.feed(line)
     except OSError as exc:
         raise SessionLogError(f"cannot read log {path}: {exc.strerror or exc}") from None
-    return SessionLog(
-        path=path,
-        files=files,
-        sessions=list(reader.sessions.values()),
-        lines=reader.lines,
-        skipped=reader.skipped,
-        other_records=reader.other,
-    )
+    return reader.result(path, files)

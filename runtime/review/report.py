@@ -386,7 +386,8 @@ table.counts{width:100%;margin:6px 0}
 .counts thead th{font-size:12px;color:#556;border-bottom:2px solid #d5d9de}
 .counts tfoot td{font-weight:600;border-top:2px solid #d5d9de}
 .delta{color:#a33}
-.kv th{text-align:left;font-weight:500;color:#556;padding:3px 16px 3px 0;vertical-align:top}
+.kv th{text-align:left;font-weight:500;color:#556;padding:3px 16px 3px 0;vertical-align:top;
+ white-space:nowrap}
 .kv td{padding:3px 0}
 code{font:12px ui-monospace,Menlo,Consolas,monospace;word-break:break-all}
 .two{display:grid;grid-template-columns:1fr 1fr;gap:28px}
@@ -436,8 +437,9 @@ def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
         '<table class="counts"><thead><tr><th>class</th><th>model</th><th>model %</th>'
         '<th>reviewed</th><th>reviewed %</th><th>change</th></tr></thead><tbody>'
         + "".join(rows)
-        + f'</tbody><tfoot><tr><td>total</td><td>{data["cells"]}</td><td>100%</td>'
-        f'<td>{data["reviewed_total"]}</td><td>100%</td><td></td></tr></tfoot></table>'
+        + f'</tbody><tfoot><tr><td>total</td><td>{data["cells"]}</td>'
+        f'<td>{"100%" if data["cells"] else "-"}</td><td>{data["reviewed_total"]}</td>'
+        f'<td>{"100%" if data["reviewed_total"] else "-"}</td><td></td></tr></tfoot></table>'
     )
 
 

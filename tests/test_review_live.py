@@ -11,6 +11,7 @@ from review_logs import LogBuilder, expected_reviewed
 from lgld.runtime.resultlog import ResultLog
 from lgld.runtime.review.live import (
     LogFollower,
+    ReviewDesk,
     ReviewError,
     crop_file,
     gallery,
@@ -143,3 +144,31 @@ def test_crops_are_looked_up_by_track_only(tmp_path):
     assert crop_file(log, log.get(), 1) is None
     with pytest.raises(ReviewError):
         crop_file(log, log.get(), "../../etc/passwd")
+
+
+def test_the_review_desk_logs_reviews_through_the_writer_and_serves_gallery_crop_and_report(
+        tmp_path):
+    b = LogBuilder(tmp_path, seed=8)
+    b.start(sample="desk")
+    b.start(sample="current")  # the latest session is the current one
+    cells = [b.cell("Neutrophil", confidence=0.8), b.cell("Lymphocyte", confidence=0.9)]
+    path = b.write()
+    with ResultLog(path) as writer:
+        desk = ReviewDesk(path, writer.write)
+        assert desk.gallery()["sample"] == "current"
+        after = desk.review({"track": 1, "action": "reclassify", "class": "Monocyte"})
+        assert {k: v for k, v in after["reviewed_counts"].items() if v} == {
+            "Monocyte": 1, "Lymphocyte": 1}
+        assert desk.crop(2) == (tmp_path / cells[1]["crop"]).read_bytes()
+        html = desk.report_html()
+    assert "Differential count · current" in html
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1])["action"] == "reclassify"  # appended, nothing rewritten
+    assert lines[:-1] == b.lines
+
+
+def test_the_review_desk_without_a_log_yet_has_no_session(tmp_path):
+    desk = ReviewDesk(tmp_path / "none.jsonl", lambda record: None)
+    assert desk.gallery() == {"session": None, "cells": []}
+    with pytest.raises(ReviewError, match="no count session"):
+        desk.review({"track": 1, "action": "reject"})

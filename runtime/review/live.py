@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lgld.runtime.review.report import CropFiles, percentages
+from lgld.runtime.review.report import CropFiles, percentages, render_html
 from lgld.runtime.review.sessionlog import (
     REVIEW_ACTIONS,
     UNCLASSIFIED,
@@ -167,3 +167,45 @@ def crop_file(log: SessionLog, session: Session, track: Any) -> Path | None:
         if cell.track == wanted and crops.found(cell):
             return Path(str(crops.path(cell)))
     return None
+
+
+class ReviewDesk:
+    """What the web routes call: the current session's gallery, reviews (appended through the
+    app's own log writer, so lines never interleave), crops and report. The current session is
+    the latest in the log."""
+
+    def __init__(self, log_path: str | Path, write: Callable[[dict[str, Any]], None]) -> None:
+        self.follower = LogFollower(log_path)
+        self.write = write
+
+    def gallery(self) -> dict[str, Any]:
+        with self.follower.current() as log:
+            if not log.sessions:
+                return {"session": None, "cells": []}
+            return gallery(log, log.sessions[-1])
+
+    def review(self, body: Any) -> dict[str, Any]:
+        """Check and log one review; the updated gallery (ReviewError when refused)."""
+        with self.follower.current() as log:
+            if not log.sessions:
+                raise ReviewError("no count session yet")
+            record = review_record(log.sessions[-1], body)
+            self.write(record)
+        return self.gallery()
+
+    def crop(self, track: Any) -> bytes | None:
+        with self.follower.current() as log:
+            if not log.sessions:
+                raise ReviewError("no count session yet")
+            path = crop_file(log, log.sessions[-1], track)
+        try:
+            return None if path is None else path.read_bytes()
+        except OSError:
+            return None
+
+    def report_html(self) -> str:
+        """The current session's lab report (the same HTML as lgld-report)."""
+        with self.follower.current() as log:
+            if not log.sessions:
+                raise ReviewError("no count session yet")
+            return render_html(log, log.sessions[-1])

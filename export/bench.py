@@ -377,31 +377,31 @@ def check_outputs(m: Models, threads: int) -> dict[str, Any]:
 
 def _bench_settings() -> Any:
     """Pipeline settings with the quality gate open, so every frame is classified."""
+    from lgld.runtime.config import TrustSection
     from lgld.runtime.pipeline import PipelineSettings
-    from lgld.runtime.quality import QualityThresholds
 
     return PipelineSettings(
         mode="field",
-        thresholds=QualityThresholds(min_focus=0.0, dark_level=0, bright_level=255,
-                                     max_dark_fraction=1.0, max_bright_fraction=1.0),
+        trust=TrustSection(min_focus=0.0, dark_level=0, bright_level=255,
+                           max_dark_fraction=1.0, max_bright_fraction=1.0),
     )
 
 
 def pipeline_stages(clf: OnnxClassifier, warmup: int, repeats: int) -> dict[str, list[float]]:
     """Time each stage of one frame by calling the runtime's components in sequence (ms)."""
     from lgld.runtime.core.session import softmax
-    from lgld.runtime.demo import DemoSource
-    from lgld.runtime.pipeline import Pipeline, crop_region
-    from lgld.runtime.quality import assess
-    from lgld.runtime.server import Renderer
-    from lgld.runtime.smoothing import Smoother, decide
+    from lgld.runtime.geometry import crop_region
+    from lgld.runtime.pipeline import Pipeline
+    from lgld.runtime.render import Renderer
+    from lgld.runtime.sources.demo import DemoSource
+    from lgld.runtime.trust import Smoother, assess, decide
 
     source = DemoSource(scene="all", size=FRAME_SIZE, fps=30.0, realtime=False)
     source.open()
     settings = _bench_settings()
     pipe = Pipeline(source, clf, settings, clf.info.name)
     renderer = Renderer(pipe)
-    smoother = Smoother(settings.window)
+    smoother = Smoother(settings.trust.window)
     result = pipe.process(source.read())  # a real result to draw
     names = ("capture", "quality gate", "preprocess", "inference", "smoothing", "overlay",
              "JPEG encode")
@@ -414,13 +414,13 @@ def pipeline_stages(clf: OnnxClassifier, warmup: int, repeats: int) -> dict[str,
             t.append(time.perf_counter())
             region = pipe.region_for(frame.image.shape)
             crop = crop_region(frame, region, use_lores=True)
-            assess(crop, settings.thresholds)
+            assess(crop, settings.trust)
             t.append(time.perf_counter())
             x = preprocess(crop, clf.info.preprocess)
             t.append(time.perf_counter())
             logits = clf.logits(x)
             t.append(time.perf_counter())
-            decide(smoother.update(softmax(logits)[0]), clf.classes, settings.min_confidence)
+            decide(smoother.update(softmax(logits)[0]), clf.classes, settings.trust.min_confidence)
             t.append(time.perf_counter())
             image = renderer.overlay(frame, result)
             t.append(time.perf_counter())
@@ -438,9 +438,9 @@ def run_pipeline(
     clf: OnnxClassifier, seconds: float, camera_fps: float, warmup_results: int = 5
 ) -> dict[str, Any]:
     """Run the real Pipeline on the demo source plus one MJPEG viewer; results per second."""
-    from lgld.runtime.demo import DemoSource
     from lgld.runtime.pipeline import Pipeline
-    from lgld.runtime.server import Renderer
+    from lgld.runtime.render import Renderer
+    from lgld.runtime.sources.demo import DemoSource
 
     source = DemoSource(scene="all", size=FRAME_SIZE, fps=camera_fps, realtime=True)
     source.open()

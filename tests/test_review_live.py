@@ -8,7 +8,7 @@ import json
 import pytest
 from review_logs import LogBuilder, expected_reviewed
 
-from lgld.runtime.resultlog import ResultLog
+from lgld.runtime.results import ResultLog
 from lgld.runtime.review.live import (
     LogFollower,
     ReviewDesk,

@@ -27,7 +27,12 @@ from lgld.runtime.review.sessionlog import (
 
 
 class ReviewError(ValueError):
-    """A review request that cannot be applied (one-line reason, HTTP 400/404)."""
+    """A review request that cannot be applied: a one-line reason and its HTTP status (400 bad
+    request, 404 no such cell, 409 no count session)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LogFollower:
@@ -130,7 +135,7 @@ def _find_track(session: Session, track: Any) -> Any:
     for cell in session.cells:
         if cell.track == track or (cell.track is not None and str(cell.track) == str(track)):
             return cell.track
-    raise ReviewError(f"track {track!r} is not a counted cell of session {session.id}")
+    raise ReviewError(f"track {track!r} is not a counted cell of session {session.id}", 404)
 
 
 def review_record(session: Session, body: Any) -> dict[str, Any]:
@@ -188,7 +193,7 @@ class ReviewDesk:
         """Check and log one review; the updated gallery (ReviewError when refused)."""
         with self.follower.current() as log:
             if not log.sessions:
-                raise ReviewError("no count session yet")
+                raise ReviewError("no count session yet", 409)
             record = review_record(log.sessions[-1], body)
             self.write(record)
         return self.gallery()
@@ -196,7 +201,7 @@ class ReviewDesk:
     def crop(self, track: Any) -> bytes | None:
         with self.follower.current() as log:
             if not log.sessions:
-                raise ReviewError("no count session yet")
+                raise ReviewError("no count session yet", 409)
             path = crop_file(log, log.sessions[-1], track)
         try:
             return None if path is None else path.read_bytes()
@@ -207,5 +212,5 @@ class ReviewDesk:
         """The current session's lab report (the same HTML as lgld-report)."""
         with self.follower.current() as log:
             if not log.sessions:
-                raise ReviewError("no count session yet")
+                raise ReviewError("no count session yet", 409)
             return render_html(log, log.sessions[-1])

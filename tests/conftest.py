@@ -32,7 +32,6 @@ import numpy as np
 import pytest
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 
 

@@ -25,6 +25,12 @@ from typing import Any
 
 import cv2
 
+from lgld.runtime import calibration
+from lgld.runtime.cells.crops import check_white_cell_model
+from lgld.runtime.cells.detect import DetectorSettings
+from lgld.runtime.cells.session import CountSession
+from lgld.runtime.cells.stage import CellStage
+from lgld.runtime.cells.track import TrackerSettings
 from lgld.runtime.config import (
     ConfigError,
     RunConfig,
@@ -34,6 +40,7 @@ from lgld.runtime.config import (
     parse_roi,
     to_toml,
 )
+from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
@@ -57,8 +64,10 @@ examples:
   lgld-run --source demo --http 8080          live demo, open http://127.0.0.1:8080/
   lgld-run --model wbc5 --mode roi --http 8080 --log /var/lib/lgld/results.jsonl
   lgld-run --source images:slides/ --log out.jsonl     classify every image once
+  lgld-run --model wbc5 --mode cells --source demo:cells --http 8080   differential count
   lgld-run --print-config > lgld.toml                  then: lgld-run --config lgld.toml
   lgld-run --check                                     doctor: camera, model, log, port
+  lgld-run --source picamera2 --calibrate              flat field of an empty slide area
 
 exit status: 0 ok, 1 failure while running, 2 bad arguments or configuration,
 3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable
@@ -86,10 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--source",
         metavar="SPEC",
-        help="auto | picamera2[:N] | camera:N | video:PATH | images:DIR_OR_GLOB | demo[:all|:wbc] "
-        "| stream URL (default: auto = Pi camera, else camera 0, else an error)",
+        help="auto | picamera2[:N] | camera:N | video:PATH | images:DIR_OR_GLOB "
+        "| demo[:all|:wbc|:cells] | stream URL (default: auto = Pi camera, else camera 0, "
+        "else an error)",
     )
-    p.add_argument("--mode", choices=("field", "roi"), help="classify the field of view or a ROI")
+    p.add_argument("--mode", choices=("field", "roi", "cells"),
+                   help="classify the field of view, a ROI, or find, classify and count every "
+                   "white cell (cells: a WBC5 model, see docs/cells.md)")
+    p.add_argument("--new-session", dest="resume_count", action="store_const", const=False,
+                   help="cells mode: start a new differential count instead of continuing the "
+                   "last one found in the log")
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
@@ -101,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="configuration file")
     p.add_argument("--print-config", action="store_true", help="print the effective config")
     p.add_argument("--check", action="store_true", help="check the setup and exit")
+    p.add_argument("--calibrate", action="store_true",
+                   help="capture an empty area of the slide as the flat-field calibration "
+                   "(calibration.frames frames; picamera2: locks exposure and white balance), "
+                   "store it in the state directory and exit")
     p.add_argument("--version", action="version", version=f"%(prog)s {lgld_version()}")
     return p
 
@@ -115,6 +134,7 @@ _FLAG_FIELDS = {
     "http": ("http", "listen"),
     "threads": ("model", "threads"),
     "preview": ("display", "preview"),
+    "resume_count": ("cells", "resume"),
 }
 
 
@@ -170,7 +190,60 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def calibrate(cfg: RunConfig) -> int:
+    """``--calibrate``: capture, check and store a flat-field calibration; the exit status."""
+    folder = calibration.state_dir(cfg.calibration)
+    scene = "wbc" if cfg.inference.mode == "roi" else "all"
+    try:
+        source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
+    except SourceError as exc:
+        return _error(EXIT_SOURCE, exc)
+    try:
+        cal = calibration.capture(source, cfg.calibration.frames)
+        if hasattr(source, "camera_settings"):  # picamera2: freeze what auto-exposure chose
+            cal.camera = calibration.lock_controls(source.camera_settings())
+        path = calibration.save(cal, folder)
+    except calibration.CalibrationError as exc:
+        return _error(EXIT_FAILURE, exc)
+    except SourceError as exc:
+        return _error(EXIT_SOURCE, exc)
+    finally:
+        source.close()
+    rec = cal.record()
+    locked = f"; locked {_controls_text(cal.camera)}" if cal.camera else ""
+    print(f"{PROG}: calibrated {cal.source} at {cal.frame_size[0]}x{cal.frame_size[1]} from "
+          f"{cal.frames} frames: corners {100 * rec['vignetting']:.0f}% of the centre's light, "
+          f"background RGB {tuple(round(v) for v in cal.background)}{locked}; saved {path}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _controls_text(controls: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in controls.items())
+
+
+def _calibration_state(cfg: RunConfig, source: Any) -> calibration.CalibrationState | None:
+    """The stored calibration's state for this source (None when turned off); locks a Pi
+    camera to the calibrated exposure and white balance when the calibration applies."""
+    if not cfg.calibration.apply:
+        return None
+    folder = calibration.state_dir(cfg.calibration)
+    try:
+        cal = calibration.load(folder)
+    except calibration.CalibrationError as exc:
+        return calibration.CalibrationState("stale", str(exc))
+    state = calibration.assess(cal, source.name, None, cfg.calibration.max_age_h)
+    if state.state == "ok" and cal is not None and cal.camera and hasattr(source, "lock"):
+        source.lock(cal.camera)
+    return state
+
+
 def _print_batch_line(result: Result) -> None:
+    if result.cells is not None:
+        found = ", ".join(f"{c['class']} {c['confidence']:.2f}" + (
+            "" if c["state"] == "ok" else f" ({c['state']})") for c in result.cells)
+        print(f"{result.name}\t{len(result.cells)} cells\t{found}", flush=True)
+        return
     label = result.label or "-"
     conf = f"{result.confidence:.3f}" if result.confidence is not None else "-"
     print(f"{result.name}\t{label}\t{conf}\t{result.state}", flush=True)
@@ -200,7 +273,13 @@ def run(cfg: RunConfig) -> int:
         classifier = OnnxClassifier(resolve_model(cfg.model.path), threads=threads)
     except ModelLoadError as exc:
         return _error(EXIT_MODEL, exc)
+    if cfg.inference.mode == "cells":
+        try:
+            check_white_cell_model(classifier.classes)
+        except ValueError as exc:
+            return _error(EXIT_USAGE, exc)
     result_log = server = source = preview = None
+    cells: CountSession | None = None
     stop = threading.Event()
     notifier = Notifier()
     pipeline: Pipeline | None = None
@@ -213,7 +292,7 @@ def run(cfg: RunConfig) -> int:
                 if cfg.http.listen:
                     server = HttpServer(*parse_listen(cfg.http.listen))
                     _warn_if_exposed(server.host, server.port, token)
-                scene = "wbc" if cfg.inference.mode == "roi" else "all"
+                scene = {"roi": "wbc", "cells": "cells"}.get(cfg.inference.mode, "all")
                 source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
             except (ResultLogError, ServerError, SourceError) as exc:
                 return _error(_exit_code(exc), exc)
@@ -224,8 +303,11 @@ def run(cfg: RunConfig) -> int:
                 source.skip_listeners.append(_print_skip_line)
                 if result_log is not None:
                     source.skip_listeners.append(_skip_logger(result_log, source.name))
+            if cfg.inference.mode == "cells":
+                cells = _count_session(cfg, classifier, result_log, tracking=not source.batch)
+            cal_state = _calibration_state(cfg, source)
             pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
-                                classifier.info.name, listeners)
+                                classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
                 server.start(App(
@@ -245,9 +327,11 @@ def run(cfg: RunConfig) -> int:
             elif cfg.display.preview == "on":
                 log.warning("no preview window: %s", why)
             log.info(
-                "model %s (%d classes, %d px, %d threads) | source %s | mode %s%s%s",
+                "model %s (%d classes, %d px, %d threads, illumination %s) | source %s | mode %s"
+                "%s%s%s",
                 classifier.info.name, len(classifier.classes), classifier.info.input_size,
-                threads, source.name, cfg.inference.mode,
+                threads, classifier.info.preprocess.illumination, source.name,
+                cfg.inference.mode, _calibration_text(cal_state),
                 f" | live view {server.url}" if server else "",
                 f" | log {result_log.path}" if result_log else "",
             )
@@ -260,6 +344,10 @@ def run(cfg: RunConfig) -> int:
             pipeline.join(cfg.source.timeout_s + 3.0)
         elif source is not None:
             source.close()
+        if cells is not None:
+            with suppress(Exception):
+                log.info("count session %s: %s", cells.id, _count_line(cells.count()))
+                cells.end()
         for resource in (server, preview, result_log):
             if resource is not None:
                 with suppress(Exception):
@@ -274,6 +362,38 @@ def run(cfg: RunConfig) -> int:
     if pipeline.batch and pipeline.stats.results == 0:
         return _error(EXIT_SOURCE, f"no image could be read ({skipped} skipped, see above)")
     return EXIT_OK
+
+
+def _calibration_text(state: calibration.CalibrationState | None) -> str:
+    if state is None:
+        return " | flat-field calibration off"
+    text = f" | calibration {state.state}: {state.message}"
+    cal = state.calibration
+    if state.state == "ok" and cal is not None and cal.camera:
+        text += f" | camera locked: {_controls_text(cal.camera)}"
+    return text
+
+
+def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: ResultLog | None,
+                   tracking: bool) -> CountSession:
+    """Cell mode's stage and count session; resumes the log's last session when asked."""
+    c = cfg.cells
+    stage = CellStage(classifier, DetectorSettings.from_config(c),
+                      TrackerSettings.from_config(c), c.target, tracking)
+    info = classifier.info
+    model = {"name": info.name, "path": str(classifier.path),
+             "sha256": file_sha256(classifier.path), "precision": info.quantization,
+             "classes": list(classifier.classes)}
+    session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
+                           cfg.http.snapshot_dir or None, cfg.log.path or None)
+    if not (tracking and c.resume and result_log and session.resume(result_log.path)):
+        session.start()
+    return session
+
+
+def _count_line(count: dict[str, Any]) -> str:
+    parts = [f"{k} {v} ({count['percent'][k]:.0f}%)" for k, v in count["counts"].items() if v]
+    return f"{count['total']}/{count['target']} cells" + (": " + ", ".join(parts) if parts else "")
 
 
 def _message(exc: BaseException) -> str:
@@ -344,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
             from lgld.runtime.doctor import doctor
 
             return doctor(cfg)
+        if args.calibrate:
+            return calibrate(cfg)
         return run(cfg)
     except ConfigError as exc:
         return _error(EXIT_USAGE, exc)

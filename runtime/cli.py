@@ -49,6 +49,7 @@ from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
+from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource
 from lgld.runtime.systemd import Notifier
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-session", dest="resume_count", action="store_const", const=False,
                    help="cells mode: start a new differential count instead of continuing the "
                    "last one found in the log")
+    p.add_argument("--sample", metavar="LABEL",
+                   help="cells mode: the sample's free-text label, written with the count session")
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
@@ -136,6 +139,7 @@ _FLAG_FIELDS = {
     "threads": ("model", "threads"),
     "preview": ("display", "preview"),
     "resume_count": ("cells", "resume"),
+    "sample": ("cells", "sample"),
 }
 
 
@@ -311,6 +315,8 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
+                review = (ReviewDesk(result_log.path, result_log.write)
+                          if cells is not None and result_log is not None else None)
                 server.start(App(
                     pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
                     max(STALE_AFTER_S, 2 * cfg.source.timeout_s),
@@ -318,6 +324,7 @@ def run(cfg: RunConfig) -> int:
                     max_streams=cfg.http.max_streams,
                     snapshot_min_interval_s=cfg.http.snapshot_min_interval_s,
                     snapshot_max_bytes=cfg.http.snapshot_max_mb * 1_000_000,
+                    review=review,
                 ))
             show, why = preview_possible(cfg.display.preview)
             if show:

@@ -41,6 +41,11 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.force_spinning_stop", "1")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # INT8 answers must not depend on the CPU: on x86 without VNNI, ONNX Runtime's default
+    # u8 x s8 kernels sum pairs of products in saturating 16-bit lanes; this switches them to
+    # exact u8 x u8 kernels there (a graph rewrite applied only on such CPUs, so fp32 models
+    # and VNNI/arm64 CPUs run exactly as before).
+    so.add_session_config_entry("session.x64quantprecision", "1")
     so.log_severity_level = 3
     return so
 

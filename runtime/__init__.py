@@ -1,4 +1,5 @@
-"""The torch-free runtime: preprocessing, the ONNX session, sources, pipeline, overlay, server.
+"""The torch-free runtime (``lgld-run``): sources, pipeline, trust, results, stats, web, overlay.
 
-Nothing here imports ``lgld.models``, ``lgld.training`` or ``lgld.export`` (or torch).
+Nothing here imports ``lgld.models``, ``lgld.training`` or ``lgld.export`` (or torch); see
+docs/architecture.md for the module map and the import rules ``lint-imports`` enforces.
 """

@@ -31,11 +31,13 @@ from lgld.runtime.config import (
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
-from lgld.runtime.pipeline import Pipeline, PipelineError, PipelineSettings, Result
-from lgld.runtime.resultlog import ResultLog, ResultLogError
-from lgld.runtime.sdnotify import Notifier
-from lgld.runtime.server import App, HttpServer, Renderer, ServerError
+from lgld.runtime.geometry import RegionError
+from lgld.runtime.pipeline import Pipeline, PipelineSettings
+from lgld.runtime.render import Renderer
+from lgld.runtime.results import Result, ResultLog, ResultLogError
 from lgld.runtime.sources import SourceError, open_source
+from lgld.runtime.systemd import Notifier
+from lgld.runtime.web import STALE_AFTER_S, App, HttpServer, ServerError
 
 PROG = "lgld-run"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL, EXIT_SOURCE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
@@ -130,7 +132,7 @@ def _exit_code(exc: BaseException) -> int:
         return EXIT_SOURCE
     if isinstance(exc, ModelLoadError):
         return EXIT_MODEL
-    if isinstance(exc, PipelineError | ConfigError):
+    if isinstance(exc, RegionError | ConfigError):
         return EXIT_USAGE
     return EXIT_FAILURE
 
@@ -195,8 +197,9 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
+                stale_after_s = max(STALE_AFTER_S, 2 * cfg.source.timeout_s)
                 server.start(App(pipeline, renderer, cfg.http.stream_max_fps,
-                                 cfg.http.snapshot_dir, max(5.0, 2 * cfg.source.timeout_s)))
+                                 cfg.http.snapshot_dir, stale_after_s))
             show, why = preview_possible(cfg.display.preview)
             if show:
                 try:
@@ -227,9 +230,7 @@ def run(cfg: RunConfig) -> int:
                 with suppress(Exception):
                     resource.close()
     assert pipeline is not None
-    s = pipeline.stats
-    log.info("%d results from %d frames in %.1f s (%d dropped)%s", s.results, s.frames,
-             s.uptime(), pipeline.slot.dropped,
+    log.info("%s%s", pipeline.snapshot().summary_line(),
              f"; log {result_log.path} ({result_log.lines} lines)" if result_log else "")
     if pipeline.failure is not None:
         return _error(_exit_code(pipeline.failure), _message(pipeline.failure))
@@ -237,7 +238,7 @@ def run(cfg: RunConfig) -> int:
 
 
 def _message(exc: BaseException) -> str:
-    if isinstance(exc, SourceError | ResultLogError | PipelineError | ModelLoadError):
+    if isinstance(exc, SourceError | ResultLogError | RegionError | ModelLoadError):
         return str(exc)
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
 
@@ -253,12 +254,7 @@ def _main_loop(pipeline: Pipeline, renderer: Renderer, stop: threading.Event,
         notifier.watchdog(healthy)
         if now - last_status > 2.0:
             last_status = now
-            _, _, result = pipeline.hub.latest()
-            state = "starting" if result is None else (result.label or result.state)
-            if not pipeline.stats.camera_ok:
-                state = f"camera lost ({pipeline.stats.camera_message})"
-            notifier.status(f"{pipeline.source.name}: {state}, "
-                            f"{pipeline.stats.inference_fps.rate():.1f} results/s")
+            notifier.status(pipeline.snapshot().status_line())
         if preview is not None:
             seq, frame, result = pipeline.hub.latest()
             if frame is not None and seq != shown:

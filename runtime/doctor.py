@@ -21,19 +21,11 @@ from lgld.runtime.config import RunConfig, parse_listen
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
-from lgld.runtime.demo import load_tiles
 from lgld.runtime.preview import preview_possible
-from lgld.runtime.resultlog import ResultLogError, check_writable
-from lgld.runtime.sdnotify import under_systemd, watchdog_interval
-from lgld.runtime.server import port_free
-from lgld.runtime.sources import (
-    SourceError,
-    camera_device_exists,
-    find_images,
-    import_picamera2,
-    picamera2_cameras,
-    video_devices,
-)
+from lgld.runtime.results import ResultLogError, check_writable
+from lgld.runtime.sources import cameras_report, probe
+from lgld.runtime.systemd import under_systemd, watchdog_interval
+from lgld.runtime.web import port_free
 
 
 @dataclass
@@ -65,47 +57,10 @@ def check_model(cfg: RunConfig) -> Check:
 
 
 def check_source(cfg: RunConfig) -> list[Check]:
-    checks = []
-    pi_module = import_picamera2()
-    pi_cams = picamera2_cameras()
-    devices = video_devices()
-    models = ", ".join(str(c.get("Model", "?")) for c in pi_cams) or "none"
-    checks.append(Check("cameras", None,
-                        f"picamera2 {'installed' if pi_module else 'not installed'}; "
-                        f"Raspberry Pi cameras: {models}; V4L2 devices: "
-                        f"{', '.join(devices) or 'none'}"))
-    spec = cfg.source.input
-    kind, _, arg = spec.partition(":")
-    if "://" in spec:
-        checks.append(Check("source", None, f"{spec}: a network stream (checked when it runs)"))
-    elif spec == "auto":
-        ok = bool(pi_cams) or camera_device_exists(0)
-        which = "Raspberry Pi camera" if pi_cams else "camera 0" if ok else "no camera found"
-        checks.append(Check("source", ok, f"auto -> {which}"))
-    elif kind == "picamera2":
-        n = int(arg or 0) if (arg or "0").isdigit() else -1
-        checks.append(Check("source", 0 <= n < len(pi_cams),
-                            f"{spec}: {len(pi_cams)} Raspberry Pi camera(s) connected"))
-    elif kind == "camera":
-        n = int(arg or 0) if (arg or "0").isdigit() else -1
-        checks.append(Check("source", n >= 0 and camera_device_exists(n), f"{spec}"))
-    elif kind == "video":
-        cap = cv2.VideoCapture(arg)
-        ok = cap.isOpened() and cap.read()[0]
-        cap.release()
-        checks.append(Check("source", bool(ok), f"{arg}: {'readable' if ok else 'cannot read'}"))
-    elif kind == "images":
-        n = len(find_images(arg))
-        checks.append(Check("source", n > 0, f"{arg}: {n} image(s)"))
-    elif kind == "demo":
-        try:
-            tiles = load_tiles(arg or ("wbc" if cfg.inference.mode == "roi" else "all"))
-            checks.append(Check("source", True, f"demo: {len(tiles)} bundled sample images"))
-        except SourceError as exc:
-            checks.append(Check("source", False, str(exc)))
-    else:
-        checks.append(Check("source", False, f"unknown source {spec!r}"))
-    return checks
+    """The cameras this machine has, and whether the configured source can be used."""
+    scene = "wbc" if cfg.inference.mode == "roi" else "all"
+    ok, detail = probe(cfg.source.input, scene)
+    return [Check("cameras", None, cameras_report()), Check("source", ok, detail)]
 
 
 def run_checks(cfg: RunConfig) -> list[Check]:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from lgld.runtime.pipeline import STATE_LABELS, Result
+from lgld.runtime.results import Result
+from lgld.runtime.stats import Snapshot
+from lgld.runtime.trust import OK, STATE_LABELS, UNCERTAIN
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 GREEN = (80, 200, 60)
@@ -26,7 +28,7 @@ GREY = (170, 170, 170)
 
 @dataclass
 class OverlayInfo:
-    """Numbers drawn besides the result (from the pipeline's stats)."""
+    """Numbers drawn besides the result (see :meth:`from_snapshot`)."""
 
     model: str = ""
     mode: str = "field"
@@ -37,9 +39,22 @@ class OverlayInfo:
     dropped: int = 0
     camera_message: str = ""
 
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> OverlayInfo:
+        return cls(
+            model=snap.model,
+            mode=snap.mode,
+            camera_fps=snap.camera_fps,
+            inference_fps=snap.inference_fps,
+            latency_ms=snap.latency_ms,
+            e2e_ms=snap.e2e_ms,
+            dropped=snap.dropped,
+            camera_message="" if snap.camera_ok else snap.camera_message,
+        )
+
 
 def state_colour(state: str) -> tuple[int, int, int]:
-    return GREEN if state == "ok" else AMBER if state == "uncertain" else RED
+    return GREEN if state == OK else AMBER if state == UNCERTAIN else RED
 
 
 def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, colour, thick: int):

@@ -17,42 +17,28 @@
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from lgld.runtime.quality import OK, Quality, QualityThresholds, assess
-from lgld.runtime.smoothing import Smoother, decide
+from lgld.runtime.config import InferenceSection, RunConfig, SourceSection, TrustSection
+from lgld.runtime.geometry import Region, crop_region, model_region
+from lgld.runtime.results import Result
 from lgld.runtime.sources import CameraLost, Frame, Source
+from lgld.runtime.stats import Snapshot, Stats
+from lgld.runtime.trust import OK, Quality, Smoother, assess, decide
 
 log = logging.getLogger("lgld.runtime")
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
-STATES = ("ok", "uncertain", "out_of_focus", "too_dark", "too_bright")
-STATE_LABELS = {
-    "ok": "ok",
-    "uncertain": "uncertain",
-    "out_of_focus": "out of focus",
-    "too_dark": "too dark",
-    "too_bright": "too bright",
-}
-
-
-class PipelineError(RuntimeError):
-    """The pipeline cannot go on (one-line reason)."""
-
 
 # ---------------------------------------------------------------------------------------------
-# Building blocks
+# The slot between the two threads
 
 
 class LatestSlot:
@@ -97,119 +83,8 @@ class LatestSlot:
         return self._closed
 
 
-class RateMeter:
-    """Events per second over the last ``window`` seconds (bounded memory)."""
-
-    def __init__(self, window: float = 2.0) -> None:
-        self.window = window
-        self._times: deque[float] = deque(maxlen=1024)
-        self._lock = threading.Lock()
-
-    def tick(self, now: float | None = None) -> None:
-        with self._lock:
-            self._times.append(time.monotonic() if now is None else now)
-
-    def rate(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            while self._times and self._times[0] < now - self.window:
-                self._times.popleft()
-            n = len(self._times)
-            if n < 2:
-                return 0.0
-            span = max(now - self._times[0], self._times[-1] - self._times[0])
-            return (n - 1) / span if span > 0 else 0.0
-
-
-class Histogram:
-    """A Prometheus-style cumulative histogram."""
-
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = tuple(sorted(buckets))
-        self.counts = [0] * (len(self.buckets) + 1)  # last = +Inf only
-        self.sum = 0.0
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self.counts[bisect.bisect_left(self.buckets, value)] += 1
-            self.sum += value
-            self.count += 1
-
-    def cumulative(self) -> tuple[list[tuple[str, int]], float, int]:
-        """[(le, cumulative count), ..., ("+Inf", count)], sum, count."""
-        with self._lock:
-            out, total = [], 0
-            for bound, n in zip(self.buckets, self.counts, strict=False):
-                total += n
-                out.append((repr(float(bound)), total))
-            out.append(("+Inf", self.count))
-            return out, self.sum, self.count
-
-
-@dataclass
-class Stats:
-    """Counters and rates shown in the overlay, /api/latest and /metrics."""
-
-    started: float = field(default_factory=time.monotonic)
-    frames: int = 0
-    results: int = 0
-    reconnects: int = 0
-    camera_ok: bool = True
-    camera_message: str = ""
-    last_frame_mono: float = 0.0
-    last_latency_ms: float = 0.0
-    last_e2e_ms: float = 0.0
-    camera_fps: RateMeter = field(default_factory=RateMeter)
-    inference_fps: RateMeter = field(default_factory=RateMeter)
-    latency: Histogram = field(default_factory=Histogram)
-    states: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATES, 0))
-    classes: dict[str, int] = field(default_factory=dict)
-
-    def uptime(self) -> float:
-        return time.monotonic() - self.started
-
-
-def model_region(
-    shape: tuple[int, ...],
-    mode: str,
-    field_crop: str = "square",
-    roi: list[int] | tuple[int, ...] = (),
-    roi_size: float = 0.5,
-) -> tuple[int, int, int, int]:
-    """The classified region (x, y, w, h) of a frame of the given shape."""
-    h, w = shape[:2]
-    if mode == "field":
-        if field_crop == "full":
-            return 0, 0, w, h
-        s = min(w, h)
-        return (w - s) // 2, (h - s) // 2, s, s
-    if roi:
-        x, y, rw, rh = (int(v) for v in roi)
-        x2, y2 = min(x + rw, w), min(y + rh, h)
-        if x2 - x < 8 or y2 - y < 8:
-            raise PipelineError(f"ROI {x},{y},{rw},{rh} lies outside the {w}x{h} frame")
-        return x, y, x2 - x, y2 - y
-    s = max(8, round(min(w, h) * roi_size))
-    return (w - s) // 2, (h - s) // 2, s, s
-
-
-def crop_region(frame: Frame, region: tuple[int, int, int, int], use_lores: bool) -> np.ndarray:
-    """The region of the frame; from the low-resolution copy when allowed and present."""
-    x, y, w, h = region
-    if use_lores and frame.lores is not None:
-        fh, fw = frame.image.shape[:2]
-        lh, lw = frame.lores.shape[:2]
-        sx, sy = lw / fw, lh / fh
-        x0, y0 = round(x * sx), round(y * sy)
-        x1, y1 = max(x0 + 1, round((x + w) * sx)), max(y0 + 1, round((y + h) * sy))
-        return frame.lores[y0:y1, x0:x1]
-    return frame.image[y : y + h, x : x + w]
-
-
 # ---------------------------------------------------------------------------------------------
-# Results
+# What the capture thread hands to the inference thread
 
 
 @dataclass
@@ -217,72 +92,10 @@ class Prepared:
     """A frame after the quality gate and preprocessing: what the inference worker needs."""
 
     frame: Frame
-    region: tuple[int, int, int, int]
+    region: Region
     quality: Quality
     batch: np.ndarray | None  # the model input; None when the quality gate rejected the frame
     seconds: float  # time spent on the gate and preprocessing
-
-
-@dataclass
-class Result:
-    """What the pipeline concluded about one frame."""
-
-    seq: int
-    frame: int
-    time: float
-    source: str
-    mode: str
-    model: str
-    state: str
-    label: str | None
-    confidence: float | None
-    probabilities: dict[str, float]  # smoothed; empty when the frame was not classified
-    instant: dict[str, float]  # this frame alone; empty when not classified
-    latency_ms: float  # quality check + preprocessing + inference
-    e2e_ms: float  # capture -> result
-    quality: Quality
-    region: tuple[int, int, int, int]
-    window: int  # frames in the smoothing window
-    name: str | None = None
-
-    def top(self, k: int = 3) -> list[tuple[str, float, float]]:
-        """[(class, smoothed, instant)] for the k most probable (smoothed) classes."""
-        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
-        return [(c, p, self.instant.get(c, 0.0)) for c, p in ranked]
-
-    def instant_top(self) -> tuple[str | None, float | None]:
-        if not self.instant:
-            return None, None
-        label = max(self.instant, key=self.instant.__getitem__)
-        return label, self.instant[label]
-
-    def to_record(self) -> dict[str, Any]:
-        """The JSON object written to the log and served by the API."""
-        ilabel, iconf = self.instant_top()
-        record: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds"),
-            "frame": self.frame,
-            "source": self.source,
-            "mode": self.mode,
-            "class": self.label,
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
-            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
-            "state": self.state,
-            "latency_ms": round(self.latency_ms, 2),
-            "model": self.model,
-            "instant": {
-                "class": ilabel,
-                "confidence": None if iconf is None else round(iconf, 4),
-                "probabilities": {k: round(v, 4) for k, v in self.instant.items()},
-            },
-            "window": self.window,
-            "e2e_ms": round(self.e2e_ms, 2),
-            "quality": self.quality.to_dict(),
-            "region": list(self.region),
-        }
-        if self.name is not None:
-            record["file"] = self.name
-        return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,40 +142,30 @@ class FrameHub:
 
 @dataclass
 class PipelineSettings:
-    """What the pipeline needs from the configuration."""
+    """What the pipeline needs from the configuration (defaults: those of the config)."""
 
-    mode: str = "field"
-    field_crop: str = "square"
+    mode: str = InferenceSection.mode
+    field_crop: str = InferenceSection.field_crop
     roi: list[int] = field(default_factory=list)
-    roi_size: float = 0.5
-    window: int = 8
-    min_confidence: float = 0.6
-    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
-    frames: int = 0  # stop after this many results (0 = never)
-    retry_initial_s: float = 1.0
-    retry_max_s: float = 30.0
+    roi_size: float = InferenceSection.roi_size
+    trust: TrustSection = field(default_factory=TrustSection)
+    frames: int = InferenceSection.frames  # stop after this many results (0 = never)
+    retry_initial_s: float = SourceSection.retry_initial_s
+    retry_max_s: float = SourceSection.retry_max_s
 
     @classmethod
-    def from_config(cls, cfg: Any) -> PipelineSettings:
-        t = cfg.trust
+    def from_config(cls, cfg: RunConfig) -> PipelineSettings:
+        i = cfg.inference
         return cls(
-            mode=cfg.inference.mode,
-            field_crop=cfg.inference.field_crop,
-            roi=list(cfg.inference.roi),
-            roi_size=cfg.inference.roi_size,
-            window=t.window,
-            min_confidence=t.min_confidence,
-            thresholds=QualityThresholds(
-                t.min_focus, t.dark_level, t.bright_level, t.max_dark_fraction,
-                t.max_bright_fraction,
-            ),
-            frames=cfg.inference.frames,
+            mode=i.mode,
+            field_crop=i.field_crop,
+            roi=list(i.roi),
+            roi_size=i.roi_size,
+            trust=cfg.trust,
+            frames=i.frames,
             retry_initial_s=cfg.source.retry_initial_s,
             retry_max_s=cfg.source.retry_max_s,
         )
-
-
-Classify = Callable[[np.ndarray], np.ndarray]
 
 
 class Pipeline:
@@ -384,7 +187,7 @@ class Pipeline:
         self.listeners = list(listeners or [])
         self.batch = source.batch
         self.slot = LatestSlot(lossless=self.batch)
-        self.smoother = Smoother(1 if self.batch else settings.window)
+        self.smoother = Smoother(1 if self.batch else settings.trust.window)
         self.hub = FrameHub()
         self.stats = Stats()
         self.stats.classes = dict.fromkeys(self.classes, 0)
@@ -427,7 +230,7 @@ class Pipeline:
     def alive(self) -> bool:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
-    def region_for(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    def region_for(self, shape: tuple[int, ...]) -> Region:
         s = self.settings
         return model_region(shape, s.mode, s.field_crop, s.roi, s.roi_size)
 
@@ -518,7 +321,7 @@ class Pipeline:
         t0 = time.perf_counter()
         region = self.region_for(frame.image.shape)
         crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
-        quality = assess(crop, self.settings.thresholds)
+        quality = assess(crop, self.settings.trust)
         batch = self.classifier.prepare([crop]) if quality.state == OK else None
         return Prepared(frame, region, quality, batch, time.perf_counter() - t0)
 
@@ -539,7 +342,7 @@ class Pipeline:
         else:
             probs = np.asarray(self.classifier.predict(prepared.batch)[0], dtype=np.float32)
             smoothed = self.smoother.update(probs)
-            decision = decide(smoothed, self.classes, self.settings.min_confidence)
+            decision = decide(smoothed, self.classes, self.settings.trust.min_confidence)
             state, label, confidence = decision.state, decision.label, decision.confidence
             probabilities = {c: float(p) for c, p in zip(self.classes, smoothed, strict=True)}
             instant = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
@@ -576,21 +379,8 @@ class Pipeline:
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        """Counts and rates for /api/latest."""
-        s = self.stats
-        return {
-            "uptime_s": round(s.uptime(), 1),
-            "frames": s.frames,
-            "results": s.results,
-            "dropped": self.slot.dropped,
-            "camera_fps": round(s.camera_fps.rate(), 2),
-            "inference_fps": round(s.inference_fps.rate(), 2),
-            "latency_ms": round(s.last_latency_ms, 2),
-            "e2e_ms": round(s.last_e2e_ms, 2),
-            "camera_ok": s.camera_ok,
-            "camera_message": s.camera_message,
-            "reconnects": s.reconnects,
-            "states": dict(s.states),
-            "classes": dict(s.classes),
-        }
+    def snapshot(self) -> Snapshot:
+        """The run's counters, rates and latest result now (see lgld.runtime.stats)."""
+        _, _, result = self.hub.latest()
+        return self.stats.snapshot(self.model_name, self.source.name, self.settings.mode,
+                                   self.slot.dropped, result)

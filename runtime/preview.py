@@ -13,7 +13,7 @@ import os
 import cv2
 import numpy as np
 
-from lgld.runtime.sdnotify import under_systemd
+from lgld.runtime.systemd import under_systemd
 
 WINDOW = "lgld-run (q or Esc to quit)"
 

@@ -16,7 +16,7 @@ from lgld.models.lgld_net import LGLDNet, ModelConfig
 from lgld.runtime.core.preprocess import PreprocessSpec
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data" / "zoo_samples"  # bundled samples
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -77,7 +77,7 @@ def export_tiny_onnx(
 
 
 def sample_folder(dest: Path, per_class: int = 2, dataset: str = "ALL") -> Path | None:
-    """Copy a few images per class of a shared data set into ``dest`` (None if absent)."""
+    """Copy a few bundled sample images per class into ``dest`` (None if absent)."""
     root = DATA / dataset
     if not root.is_dir():
         return None

@@ -472,7 +472,11 @@ def test_import_check_stops_on_a_numpy_abi_break(tmp_path):
 
     venv_bin = tmp_path / "venv" / "bin"
     venv_bin.mkdir(parents=True)
-    (venv_bin / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: Python finds its venv (pyvenv.cfg) next to the path it was
+    # started by, so a symlink in tmp would lose this venv's site-packages.
+    wrapper = venv_bin / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     fake = tmp_path / "site" / "picamera2"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(

@@ -24,8 +24,7 @@ from lgld.training.data import discover, make_split
 from lgld.training.evaluate import main
 from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "WBC5").is_dir(), reason="shared data not found")
+DATA = Path(__file__).resolve().parent / "data" / "zoo_samples"  # bundled samples
 WBC5 = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 
@@ -139,7 +138,6 @@ def colour_folder(root: Path, names: list[str], n: int = 3) -> Path:
 # ---------------------------------------------------------------- .pt vs .onnx
 
 
-@needs_data
 def test_pt_and_onnx_give_identical_metrics(wbc_folder: Path, models, tmp_path: Path) -> None:
     pt, onnx_path = models
     results = []
@@ -164,7 +162,6 @@ def test_pt_and_onnx_give_identical_metrics(wbc_folder: Path, models, tmp_path: 
         assert all(0.0 <= v[k] <= 1.0 for v in sevs.values() for k in ("accuracy", "macro_f1"))
 
 
-@needs_data
 def test_split_file_and_limit(wbc_folder: Path, models, tmp_path: Path, capsys) -> None:
     pt, _ = models
     split = make_split(discover(wbc_folder), 0.34, 0.0, seed=0)

@@ -265,7 +265,7 @@ def test_import_needs_no_torch() -> None:
 def calib(tmp_path: Path) -> Path:
     folder = sample_folder(tmp_path / "calib", per_class=2)
     if folder is None:
-        pytest.skip("shared data set ALL not available")
+        pytest.skip("bundled samples tests/data/zoo_samples/ALL missing")
     return folder
 
 

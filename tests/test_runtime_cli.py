@@ -15,18 +15,18 @@ import urllib.request
 
 import cv2
 import pytest
-from runtime_fixtures import (
+from conftest import (
     free_port,
     install_fake_picamera2,
     read_jsonl,
     sample_image,
     small_demo_config,
-    tiny_model,  # noqa: F401 - fixture
     write_video,
 )
 
-from lgld.runtime import cli, sources
+from lgld.runtime import cli
 from lgld.runtime.core import zoo
+from lgld.runtime.sources import opencv
 
 REQUIRED = {"ts", "frame", "source", "mode", "class", "confidence", "probabilities", "state",
             "latency_ms", "model"}
@@ -137,7 +137,7 @@ def test_zoo_model_not_built_yet(base, tmp_path, monkeypatch, capsys):
 
 def test_no_camera(base, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "picamera2", None)
-    monkeypatch.setattr(sources, "camera_device_exists", lambda n: False)
+    monkeypatch.setattr(opencv, "camera_device_exists", lambda n: False)
     rc = cli.main([*base, "--source", "auto"])
     line = one_error_line(capsys, 4, rc, "no camera found (use --source demo to try without one)")
     assert line == "lgld-run: error: no camera found (use --source demo to try without one)"

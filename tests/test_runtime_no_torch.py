@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runtime_fixtures import ASSETS, tiny_model  # noqa: F401 - fixture
+from conftest import ASSETS
 
 BLOCKER = r'''
 import importlib.abc, sys

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lgld.runtime import sdnotify
+from lgld.runtime import systemd
 from lgld.runtime.core import zoo
 from lgld.runtime.core.session import ModelLoadError, session_options
+from lgld.runtime.geometry import model_region
 from lgld.runtime.overlay import OverlayInfo, draw_overlay
-from lgld.runtime.pipeline import Result, model_region
-from lgld.runtime.quality import Quality
-from lgld.runtime.resultlog import ResultLog, ResultLogError
+from lgld.runtime.results import Result, ResultLog, ResultLogError
+from lgld.runtime.trust import Quality
 
 # -- result log --------------------------------------------------------------------------------
 
@@ -80,7 +80,7 @@ def test_disk_full_and_unwritable_folder_are_clear_errors(tmp_path):
 
 def test_sd_notify_sends_datagrams_and_is_a_noop_elsewhere(tmp_path, monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert sdnotify.notify("READY=1") is False
+    assert systemd.notify("READY=1") is False
     address = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(address)
@@ -88,7 +88,7 @@ def test_sd_notify_sends_datagrams_and_is_a_noop_elsewhere(tmp_path, monkeypatch
         monkeypatch.setenv("NOTIFY_SOCKET", address)
         monkeypatch.setenv("WATCHDOG_USEC", "20000000")
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-        n = sdnotify.Notifier()
+        n = systemd.Notifier()
         assert n.interval == pytest.approx(20.0)
         n.ready("starting")
         assert server.recv(256) == b"READY=1\nSTATUS=starting"
@@ -97,7 +97,7 @@ def test_sd_notify_sends_datagrams_and_is_a_noop_elsewhere(tmp_path, monkeypatch
         assert not n.watchdog(healthy=True), "rate-limited to half the interval"
         assert not n.watchdog(healthy=False)
     monkeypatch.setenv("WATCHDOG_PID", "1")
-    assert sdnotify.watchdog_interval() is None, "the watchdog is for another process"
+    assert systemd.watchdog_interval() is None, "the watchdog is for another process"
 
 
 # -- overlay -------------------------------------------------------------------------------------

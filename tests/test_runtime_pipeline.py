@@ -9,20 +9,14 @@ import time
 import cv2
 import numpy as np
 import pytest
-from runtime_fixtures import ASSETS, CLASSES, FakeClassifier, install_fake_picamera2, sample_image
+from conftest import ASSETS, CLASSES, FakeClassifier, install_fake_picamera2, sample_image
 
-from lgld.runtime.config import SourceSection
-from lgld.runtime.pipeline import (
-    LatestSlot,
-    Pipeline,
-    PipelineError,
-    PipelineSettings,
-    RateMeter,
-    model_region,
-)
-from lgld.runtime.quality import QualityThresholds, assess
-from lgld.runtime.smoothing import Smoother, decide
+from lgld.runtime.config import SourceSection, TrustSection
+from lgld.runtime.geometry import RegionError, model_region
+from lgld.runtime.meters import RateMeter
+from lgld.runtime.pipeline import LatestSlot, Pipeline, PipelineSettings
 from lgld.runtime.sources import Frame, Source, open_source
+from lgld.runtime.trust import Smoother, assess, decide
 
 
 class ListSource(Source):
@@ -90,7 +84,7 @@ def test_regions():
     assert model_region((720, 1280, 3), "field", "full") == (0, 0, 1280, 720)
     assert model_region((480, 640, 3), "roi", roi_size=0.5) == (200, 120, 240, 240)
     assert model_region((480, 640, 3), "roi", roi=[600, 400, 100, 100]) == (600, 400, 40, 80)
-    with pytest.raises(PipelineError, match="outside the 640x480 frame"):
+    with pytest.raises(RegionError, match="outside the 640x480 frame"):
         model_region((480, 640, 3), "roi", roi=[700, 10, 50, 50])
 
 
@@ -145,14 +139,14 @@ def test_inference_takes_the_newest_frame_and_counts_the_stale_ones():
     source.stop = True
     assert pipeline.join(5)
     assert [r.frame for r in results] == [0, 4], "frames 1-3 were stale and dropped"
-    assert pipeline.summary()["dropped"] == 3
+    assert pipeline.snapshot().dropped == 3
 
 
 def test_slow_inference_keeps_up_with_a_fast_camera_by_dropping():
     source = ListSource([sample_image("all-pre")] * 60, interval=0.004)
     results = []
-    pipeline = Pipeline(source, FakeClassifier(delay=0.03), PipelineSettings(window=1),
-                        listeners=[results.append])
+    pipeline = Pipeline(source, FakeClassifier(delay=0.03),
+                        PipelineSettings(trust=TrustSection(window=1)), listeners=[results.append])
     run_to_end(pipeline)
     assert pipeline.stats.frames == 60
     assert 0 < len(results) < 60 and pipeline.slot.dropped > 0
@@ -188,8 +182,8 @@ def test_batch_source_classifies_every_frame_exactly_once():
     images = [sample_image(n) for n in ("all-benign", "all-early", "all-pre", "all-pro")] * 3
     source = ListSource(images, batch=True)
     results = []
-    pipeline = Pipeline(source, FakeClassifier(delay=0.01), PipelineSettings(window=8),
-                        listeners=[results.append])
+    pipeline = Pipeline(source, FakeClassifier(delay=0.01),
+                        PipelineSettings(trust=TrustSection(window=8)), listeners=[results.append])
     run_to_end(pipeline)
     assert [r.name for r in results] == [f"img{i}" for i in range(12)]
     assert pipeline.slot.dropped == 0
@@ -221,7 +215,7 @@ def test_listener_failure_stops_the_pipeline():
 @pytest.mark.parametrize("path", sorted(ASSETS.glob("*.jpg")), ids=lambda p: p.stem[:14])
 def test_focus_gate_accepts_sharp_and_rejects_blurred_real_images(path):
     image = cv2.imread(str(path))
-    thresholds = QualityThresholds()
+    thresholds = TrustSection()
     big = cv2.resize(image, (720, 720), interpolation=cv2.INTER_CUBIC)  # as a camera would see it
     assert assess(big, thresholds).state == "ok"
     scale = 720 / 224
@@ -234,7 +228,7 @@ def test_focus_gate_accepts_sharp_and_rejects_blurred_real_images(path):
 
 def test_exposure_gate():
     image = sample_image("all-early")
-    t = QualityThresholds()
+    t = TrustSection()
     assert assess(cv2.convertScaleAbs(image, alpha=0.08), t).state == "too_dark"
     assert assess(cv2.convertScaleAbs(image, alpha=3.0, beta=60), t).state == "too_bright"
     assert assess(image, t).state == "ok"
@@ -257,7 +251,8 @@ def test_pipeline_states_smoothing_and_gate():
     images = [sharp, sharp, blurred, sharp]
     clf = FakeClassifier(probs=(0.05, 0.55, 0.3, 0.1))
     source = ListSource(images)
-    pipeline = Pipeline(source, clf, PipelineSettings(window=4, min_confidence=0.5))
+    settings = PipelineSettings(trust=TrustSection(window=4, min_confidence=0.5))
+    pipeline = Pipeline(source, clf, settings)
     results = [pipeline.process(source.read()) for _ in images]
     assert [r.state for r in results] == ["ok", "ok", "out_of_focus", "ok"]
     assert results[0].label == "Early" and results[0].confidence == pytest.approx(0.55)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,11 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from runtime_fixtures import FakeClassifier, free_port
+from conftest import FakeClassifier, free_port
 
-from lgld.runtime.demo import DemoSource
+from lgld.runtime.config import TrustSection
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
-from lgld.runtime.server import App, HttpServer, Renderer, ServerError, port_free
+from lgld.runtime.render import Renderer
+from lgld.runtime.sources.demo import DemoSource
+from lgld.runtime.web import App, HttpServer, ServerError, port_free
+from lgld.runtime.web.mjpeg import BOUNDARY, stream_mjpeg
 
 SAMPLE = re.compile(
     r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*=\"([^\"\\]|\\.)*\",?)*\})? "
@@ -30,7 +34,7 @@ def live(tmp_path):
     """A demo pipeline (fake classifier) served on a free loopback port."""
     source = DemoSource("all", size=(320, 240), fps=60)
     source.open()
-    pipeline = Pipeline(source, FakeClassifier(), PipelineSettings(window=4))
+    pipeline = Pipeline(source, FakeClassifier(), PipelineSettings(trust=TrustSection(window=4)))
     server = HttpServer("127.0.0.1", 0)
     app = App(pipeline, Renderer(pipeline, 80), stream_max_fps=60,
               snapshot_dir=str(tmp_path / "snaps"))
@@ -77,6 +81,7 @@ def test_page_snapshots_api_and_health(live):
     assert latest["classes"] == ["Benign", "Early", "Pre", "Pro"]
     assert latest["result"]["class"] == "Early" and latest["stats"]["frames"] > 0
     assert latest["source"] == "demo:all"
+    assert latest["state_labels"]["out_of_focus"] == "out of focus"
     status, _, body = get(server, "/healthz")
     assert status == 200 and json.loads(body)["status"] == "ok"
     with pytest.raises(urllib.error.HTTPError) as err:
@@ -109,6 +114,31 @@ def test_mjpeg_stream_delivers_successive_jpeg_frames(live):
     indices = [i for i, _ in frames]
     assert indices == sorted(set(indices)), "each part is a newer frame"
     assert all(image.shape == (240, 320, 3) for _, image in frames)
+
+
+def test_mjpeg_streaming_runs_without_http_and_stops_when_asked(live):
+    _, pipeline = live
+    stop = threading.Event()
+    parts: list[bytes] = []
+
+    def write(data: bytes) -> None:
+        parts.append(data)
+        if len(parts) == 3:
+            stop.set()
+
+    sent = stream_mjpeg(write, pipeline, Renderer(pipeline, 80), stop, max_fps=60)
+    assert sent == 3 and all(p.startswith(f"--{BOUNDARY}\r\n".encode()) for p in parts)
+    body = parts[-1].split(b"\r\n\r\n", 1)[1][:-2]
+    assert decode_jpeg(body).shape == (240, 320, 3)
+
+
+def test_status_summary_api_and_metrics_agree_on_one_snapshot(live):
+    _, pipeline = live
+    snap = pipeline.snapshot()
+    assert snap.counts()["results"] == snap.results >= 2
+    assert f"lgld_results_total{{state=\"ok\"}} {snap.states['ok']}" in snap.prometheus()
+    assert snap.status_line().startswith("demo:all: Early, ")
+    assert snap.summary_line().startswith(f"{snap.results} results from {snap.frames} frames")
 
 
 def test_metrics_are_valid_prometheus_text(live):

@@ -8,22 +8,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from runtime_fixtures import install_fake_picamera2, sample_image, write_video
+from conftest import ASSETS, install_fake_picamera2, sample_image, write_video
 
-from lgld.runtime import sources
 from lgld.runtime.config import SourceSection
-from lgld.runtime.demo import DemoSource
 from lgld.runtime.sources import (
     CameraBusy,
     CameraLost,
     CameraNotFound,
-    ImageFolderSource,
-    OpenCVSource,
-    PiCamera2Source,
     SourceError,
-    i420_to_bgr,
     open_source,
+    opencv,
+    probe,
 )
+from lgld.runtime.sources.demo import DemoSource
+from lgld.runtime.sources.images import ImageFolderSource
+from lgld.runtime.sources.opencv import OpenCVSource
+from lgld.runtime.sources.picamera import PiCamera2Source, i420_to_bgr
 
 
 def small_cfg(**kw) -> SourceSection:
@@ -109,17 +109,33 @@ def test_picamera2_no_camera_busy_and_missing_module(monkeypatch):
         open_source("picamera2", small_cfg())
 
 
+def test_picamera2_init_failure_is_busy_only_when_its_cause_says_so(monkeypatch):
+    # picamera2 hides every failure of Picamera2() behind the same generic message
+    denied = PermissionError(13, "Permission denied", "/dev/dma_heap/linux,cma")
+    install_fake_picamera2(monkeypatch, init_error=denied)
+    with pytest.raises(SourceError) as err:
+        open_source("picamera2", small_cfg())
+    assert not isinstance(err.value, CameraBusy) and "busy" not in str(err.value)
+    assert "Permission denied: '/dev/dma_heap/linux,cma'" in str(err.value)
+    install_fake_picamera2(monkeypatch, init_error=RuntimeError("did not complete"))
+    with pytest.raises(SourceError) as err:
+        open_source("picamera2", small_cfg())
+    message = str(err.value)
+    assert not isinstance(err.value, CameraBusy) and message.startswith("cannot open")
+    assert "likely causes: another program holds it" in message and "/dev/dma_heap" in message
+
+
 def test_auto_prefers_picamera2_then_camera0_and_never_the_demo(monkeypatch, tmp_path):
     install_fake_picamera2(monkeypatch)
     with open_source("auto", small_cfg()) as src:
         assert isinstance(src, PiCamera2Source)
     monkeypatch.setitem(sys.modules, "picamera2", None)
-    monkeypatch.setattr(sources, "camera_device_exists", lambda n: False)
+    monkeypatch.setattr(opencv, "camera_device_exists", lambda n: False)
     with pytest.raises(CameraNotFound, match=r"no camera found \(use --source demo"):
         open_source("auto", small_cfg())
     # camera 0 present: auto opens it through cv2.VideoCapture
     video = write_video(tmp_path / "cam.avi", 3)
-    monkeypatch.setattr(sources, "camera_device_exists", lambda n: n == 0)
+    monkeypatch.setattr(opencv, "camera_device_exists", lambda n: n == 0)
     real = cv2.VideoCapture
     opened = []
 
@@ -161,7 +177,7 @@ def test_bad_video_and_camera_errors(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="cannot decode video"):
         src = open_source(f"video:{junk}", small_cfg())
         src.read()
-    monkeypatch.setattr(sources, "camera_device_exists", lambda n: False)
+    monkeypatch.setattr(opencv, "camera_device_exists", lambda n: False)
     with pytest.raises(CameraNotFound, match="camera 3 not found"):
         open_source("camera:3", small_cfg())
     with pytest.raises(SourceError, match="unknown source"):
@@ -171,7 +187,7 @@ def test_bad_video_and_camera_errors(tmp_path, monkeypatch):
 def test_usb_camera_that_stops_delivering_is_lost_not_ended(tmp_path, monkeypatch):
     video = write_video(tmp_path / "cam.avi", 3)  # open() grabs one frame as a probe
     real = cv2.VideoCapture
-    monkeypatch.setattr(sources, "camera_device_exists", lambda n: True)
+    monkeypatch.setattr(opencv, "camera_device_exists", lambda n: True)
     monkeypatch.setattr(cv2, "VideoCapture", lambda target, *a: real(str(video)))
     with open_source("camera:1", small_cfg()) as src:
         assert src.live and src.read() is not None and src.read() is not None
@@ -209,10 +225,26 @@ def test_demo_is_reproducible_moves_and_drifts_out_of_focus():
     assert np.abs(demo.render(3.8).astype(int) - a).mean() > 10  # the stage has moved
     sharp_t = 0.0
     blurred_t = next(t / 10 for t in range(200) if demo.blur_sigma(t / 10) > 2.0)
-    from lgld.runtime.quality import focus_measure
+    from lgld.runtime.trust import focus_measure
 
     assert focus_measure(demo.render(blurred_t)) < focus_measure(demo.render(sharp_t)) / 3
     with pytest.raises(SourceError, match="unknown demo scene"):
         DemoSource("nope")
     wbc = open_source("demo:wbc", small_cfg(), roi_size=0.5)
     assert wbc.read().image.shape == (240, 320, 3) and wbc.name == "demo:wbc"
+
+
+@pytest.mark.parametrize("spec", ["bogus", "video:", "camera:-1", "picamera2:x", "images:"])
+def test_the_doctor_and_the_run_reject_a_bad_spec_with_the_same_words(spec):
+    with pytest.raises(SourceError) as err:
+        open_source(spec, small_cfg())
+    assert probe(spec) == (False, str(err.value))
+
+
+def test_the_doctor_probes_every_backend_without_opening_a_camera(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), sample_image())
+    assert probe(f"images:{tmp_path}") == (True, f"{tmp_path}: 1 image(s)")
+    cells = len(list(ASSETS.glob("wbc5-*.jpg")))
+    assert probe("demo:wbc") == (True, f"demo: {cells} bundled sample images")
+    assert probe("rtsp://cam/stream")[0] is None
+    assert probe("video:/nonexistent.mp4") == (False, "/nonexistent.mp4: cannot read")

@@ -1,10 +1,12 @@
-"""The JSONL result log: one JSON object per line, nothing already classified is lost.
+"""What the pipeline concludes about a frame: :class:`Result`, its JSON record, and the JSONL log.
 
-Durability: the file is opened unbuffered, so each line reaches the operating system in one
-``write`` as soon as it is made (a crash of lgld-run loses nothing written); ``fsync`` forces it
-to the storage medium at most ``fsync_interval_s`` apart and on close (a power cut loses at most
-that much). Rotation: when a line would take the file past ``max_bytes`` it is renamed to
-``.1`` (older ones shift to ``.2`` ... ``.N``, the oldest is deleted) and a new file starts.
+The record (:meth:`Result.to_record`) is the one schema written to the log and served by the
+HTTP API. The log is durable: the file is opened unbuffered, so each line reaches the operating
+system in one ``write`` as soon as it is made (a crash of lgld-run loses nothing written);
+``fsync`` forces it to the storage medium at most ``fsync_interval_s`` apart and on close (a
+power cut loses at most that much). Rotation: when a line would take the file past
+``max_bytes`` it is renamed to ``.1`` (older ones shift to ``.2`` ... ``.N``, the oldest is
+deleted) and a new file starts.
 """
 
 from __future__ import annotations
@@ -15,8 +17,80 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from lgld.runtime.config import LogSection
+from lgld.runtime.geometry import Region
+from lgld.runtime.trust import Quality
+
+
+@dataclass
+class Result:
+    """What the pipeline concluded about one frame."""
+
+    seq: int
+    frame: int
+    time: float
+    source: str
+    mode: str
+    model: str
+    state: str  # one of lgld.runtime.trust.STATES
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float]  # smoothed; empty when the frame was not classified
+    instant: dict[str, float]  # this frame alone; empty when not classified
+    latency_ms: float  # quality check + preprocessing + inference
+    e2e_ms: float  # capture -> result
+    quality: Quality
+    region: Region
+    window: int  # frames in the smoothing window
+    name: str | None = None
+
+    def top(self, k: int = 3) -> list[tuple[str, float, float]]:
+        """[(class, smoothed, instant)] for the k most probable (smoothed) classes."""
+        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
+        return [(c, p, self.instant.get(c, 0.0)) for c, p in ranked]
+
+    def instant_top(self) -> tuple[str | None, float | None]:
+        if not self.instant:
+            return None, None
+        label = max(self.instant, key=self.instant.__getitem__)
+        return label, self.instant[label]
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object written to the log and served by the API."""
+        ilabel, iconf = self.instant_top()
+        record: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds"),
+            "frame": self.frame,
+            "source": self.source,
+            "mode": self.mode,
+            "class": self.label,
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
+            "state": self.state,
+            "latency_ms": round(self.latency_ms, 2),
+            "model": self.model,
+            "instant": {
+                "class": ilabel,
+                "confidence": None if iconf is None else round(iconf, 4),
+                "probabilities": {k: round(v, 4) for k, v in self.instant.items()},
+            },
+            "window": self.window,
+            "e2e_ms": round(self.e2e_ms, 2),
+            "quality": self.quality.to_dict(),
+            "region": list(self.region),
+        }
+        if self.name is not None:
+            record["file"] = self.name
+        return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSONL log
 
 
 class ResultLogError(RuntimeError):
@@ -48,9 +122,9 @@ class ResultLog:
     def __init__(
         self,
         path: str | Path,
-        max_bytes: int = 10_000_000,
-        backups: int = 5,
-        fsync_interval_s: float = 5.0,
+        max_bytes: int = LogSection.max_bytes,
+        backups: int = LogSection.backups,
+        fsync_interval_s: float = LogSection.fsync_interval_s,
     ) -> None:
         self.path = check_writable(path)
         self.max_bytes = max_bytes
@@ -116,7 +190,7 @@ class ResultLog:
             except OSError as exc:
                 raise ResultLogError(f"cannot write log {self.path}: {_reason(exc)}") from None
 
-    def __call__(self, result: Any) -> None:
+    def __call__(self, result: Result) -> None:
         """Pipeline listener: log a Result."""
         self.write(result.to_record())
 

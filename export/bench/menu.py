@@ -18,13 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lgld.export.measure import (
-    in_fresh_process,
-    onnx_macs,
-    percentile,
-    sample_images,
-    time_interleaved,
-)
+from lgld.export.bench.inputs import sample_images
+from lgld.export.bench.macs import onnx_macs
+from lgld.export.bench.timing import in_fresh_process, percentile, time_interleaved
 from lgld.runtime.core.preprocess import preprocess
 from lgld.runtime.core.session import OnnxClassifier
 

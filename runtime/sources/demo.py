@@ -1,4 +1,4 @@
-"""``--source demo``: a synthetic live microscope made of a few bundled real sample images.
+"""``demo[:all|:wbc]``: a synthetic live microscope made of a few bundled real sample images.
 
 The "stage" glides from one image of a mosaic to the next and dwells on each for a few seconds
 (with a little hand tremor), the focus slowly breathes in and out (so the focus gate has
@@ -21,10 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lgld.runtime.config import InferenceSection, SourceSection
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.sources import Frame, Source, SourceError
+from lgld.runtime.sources.base import Frame, Source, SourceError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SCENES = {"all": ("all-*.jpg", 224, 2), "wbc": ("wbc5-*.jpg", 180, 3)}  # glob, tile px, columns
 DWELL_S = 3.0
 MOVE_S = 1.2
@@ -42,6 +43,14 @@ def load_tiles(scene: str) -> list[np.ndarray]:
     if not files:
         raise SourceError(f"demo images missing from {ASSETS} (broken installation)")
     return [cv2.resize(read_image(f), (tile, tile), interpolation=cv2.INTER_AREA) for f in files]
+
+
+def probe(scene: str) -> tuple[bool, str]:
+    """Are the scene's bundled images there? (for the doctor)"""
+    try:
+        return True, f"demo: {len(load_tiles(scene))} bundled sample images"
+    except SourceError as exc:
+        return False, str(exc)
 
 
 def build_mosaic(tiles: list[np.ndarray], columns: int) -> tuple[np.ndarray, list[tuple]]:
@@ -75,9 +84,9 @@ class DemoSource(Source):
     def __init__(
         self,
         scene: str = "all",
-        size: tuple[int, int] = (1280, 720),
-        fps: float = 30.0,
-        roi_size: float = 0.5,
+        size: tuple[int, int] = (SourceSection.width, SourceSection.height),
+        fps: float = SourceSection.fps,
+        roi_size: float = InferenceSection.roi_size,
         realtime: bool = True,
         seed: int = 0,
     ) -> None:

@@ -1,4 +1,5 @@
-"""Shared helpers and fixtures for the lgld-run tests (import the fixtures you use by name).
+"""Fixtures and helpers shared by the tests (fixtures are found by pytest; helpers are imported
+with ``from conftest import ...``).
 
 * ``tiny_model``: a small, untrained LGLD-Net (4 classes, 64 px) exported to ONNX once per
   session, with lgld metadata. Uses ``lgld.export.export_model`` when it is available, else
@@ -31,7 +32,6 @@ import numpy as np
 import pytest
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 
 
@@ -114,8 +114,6 @@ def _cache_key() -> str:
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-class, 64 px untrained lgld ONNX model, exported once and kept in pytest's cache
     (so repeated runs need no torch import at all; without the cache plugin: once a session)."""
-    if "tiny" in _EXPORTED:  # test modules that import this fixture share one export
-        return _EXPORTED["tiny"]
     cache = getattr(request.config, "cache", None)
     if cache is not None:
         folder = Path(cache.mkdir("lgld-runtime-tiny-model"))
@@ -128,11 +126,7 @@ def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         for old in folder.glob("tiny-*.onnx"):
             old.unlink()
         export_tiny(path)
-    _EXPORTED["tiny"] = path
     return path
-
-
-_EXPORTED: dict[str, Path] = {}
 
 
 def small_demo_config(tmp_path: Path, **sections: dict) -> Path:
@@ -244,6 +238,7 @@ class FakePicamera2:
 
     cameras: list[dict] = [{"Model": "imx477", "Location": 2, "Rotation": 0, "Id": "/base/fake"}]
     busy = False
+    init_error: BaseException | None = None  # raised inside __init__, then hidden like picamera2
     instances: list[FakePicamera2] = []
     stall_plan: list[int | None] = []  # instance i stops after stall_plan[i] frames
 
@@ -254,6 +249,11 @@ class FakePicamera2:
             try:
                 raise RuntimeError("Failed to acquire camera: Device or resource busy")
             except RuntimeError:
+                raise RuntimeError("Camera __init__ sequence did not complete.")  # noqa: B904
+        if type(self).init_error is not None:
+            try:
+                raise type(self).init_error
+            except BaseException:
                 raise RuntimeError("Camera __init__ sequence did not complete.")  # noqa: B904
         self.camera_num = camera_num
         self.config: dict | None = None
@@ -340,11 +340,13 @@ class FakePicamera2:
 
 
 def install_fake_picamera2(monkeypatch: pytest.MonkeyPatch, cameras: list[dict] | None = None,
-                           busy: bool = False) -> type[FakePicamera2]:
+                           busy: bool = False,
+                           init_error: BaseException | None = None) -> type[FakePicamera2]:
     """Put a fake ``picamera2`` module into sys.modules (undone after the test)."""
     cls = type("FakePicamera2", (FakePicamera2,), {})
     cls.cameras = FakePicamera2.cameras if cameras is None else cameras
     cls.busy = busy
+    cls.init_error = init_error
     cls.instances = []
     cls.stall_plan = []
     cls.global_camera_info = staticmethod(lambda: list(cls.cameras))

@@ -1,0 +1,208 @@
+"""The HTTP routes: what each URL serves, and the :class:`App` state they serve it from.
+
+* ``/``                  the live page (stream, latest prediction, counts, links)
+* ``/stream.mjpg``       multipart MJPEG of the overlaid frames, at camera rate (capped)
+* ``/snapshot.jpg``      the latest overlaid frame; ``?raw=1`` the frame as captured
+* ``/snapshot.json``     the latest result (the one drawn on /snapshot.jpg)
+* ``POST /api/snapshot`` save raw frame, overlay and result JSON to ``http.snapshot_dir``
+* ``/api/latest``        the latest result plus counts and rates (JSON)
+* ``/healthz``           200 while frames arrive and inference runs, else 503
+* ``/metrics``           Prometheus text format (version 0.0.4)
+
+A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from lgld.runtime.config import HttpSection
+from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.pipeline import Pipeline
+from lgld.runtime.render import Renderer
+from lgld.runtime.trust import STATE_LABELS
+from lgld.runtime.web import mjpeg
+
+STALE_AFTER_S = 5.0
+PAGE_PATH = Path(__file__).resolve().parents[1] / "assets" / "index.html"
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot cannot be saved (one-line reason)."""
+
+
+class App:
+    """What the request handlers serve: the pipeline, its renderer and the settings."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        renderer: Renderer,
+        stream_max_fps: float = HttpSection.stream_max_fps,
+        snapshot_dir: str = HttpSection.snapshot_dir,
+        stale_after_s: float = STALE_AFTER_S,
+    ) -> None:
+        self.pipeline = pipeline
+        self.renderer = renderer
+        self.stream_max_fps = stream_max_fps
+        self.snapshot_dir = snapshot_dir
+        self.stale_after_s = stale_after_s
+        self.stopping = threading.Event()
+
+    def latest(self) -> dict[str, Any]:
+        """/api/latest: the latest result, counts and rates, and the state vocabulary."""
+        snap = self.pipeline.snapshot()
+        return {
+            "model": snap.model,
+            "classes": self.pipeline.classes,
+            "source": snap.source,
+            "mode": snap.mode,
+            "version": lgld_version(),
+            "result": None if snap.result is None else snap.result.to_record(),
+            "stats": snap.counts(),
+            "state_labels": STATE_LABELS,
+        }
+
+    def health(self) -> tuple[bool, str]:
+        p = self.pipeline
+        if p.finished.is_set() or p.stopping:
+            return False, "stopped"
+        if not p.stats.camera_ok:
+            return False, f"camera lost: {p.stats.camera_message}"
+        if p.stats.last_frame_mono == 0.0:
+            return (p.stats.uptime() < self.stale_after_s), "waiting for the first frame"
+        age = time.monotonic() - p.stats.last_frame_mono
+        if age > self.stale_after_s and not p.batch:
+            return False, f"no frame for {age:.1f} s"
+        if time.monotonic() - p.heartbeat > self.stale_after_s:
+            return False, "inference is stuck"
+        return True, "ok"
+
+    def save_snapshot(self) -> dict[str, Any]:
+        if not self.snapshot_dir:
+            raise SnapshotError("snapshot saving is off (set http.snapshot_dir)")
+        _, frame, result = self.pipeline.hub.latest()
+        if frame is None:
+            raise SnapshotError("no frame yet")
+        folder = Path(self.snapshot_dir).expanduser()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stem = folder / f"lgld-{stamp}-f{frame.index}"
+        record = None if result is None else result.to_record()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            files = []
+            for suffix, data in (
+                ("raw.jpg", self.renderer.jpeg(frame, result, raw=True)),
+                ("overlay.jpg", self.renderer.jpeg(frame, result)),
+                ("json", json.dumps({"frame": frame.index, "result": record}, indent=1).encode()),
+            ):
+                path = Path(f"{stem}.{suffix}")
+                path.write_bytes(data)
+                files.append(str(path))
+        except OSError as exc:
+            raise SnapshotError(f"cannot save snapshot in {folder}: {exc.strerror}") from None
+        return {"files": files, "frame": frame.index, "result": record}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "lgld-run"
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection is closed after this many seconds
+    server: Any  # an HTTP server with an ``app`` attribute (see lgld.runtime.web.server)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: a stream viewer would log every frame otherwise
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def do_HEAD(self) -> None:  # noqa: N802 - stdlib naming
+        self.do_GET()
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        app = self.server.app
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        try:
+            if url.path in ("/", "/index.html"):
+                self._send(200, PAGE_PATH.read_bytes(), "text/html; charset=utf-8")
+            elif url.path == "/stream.mjpg":
+                self._stream(app)
+            elif url.path in ("/snapshot.jpg", "/snapshot/raw.jpg"):
+                raw = url.path.endswith("raw.jpg") or query.get("raw", ["0"])[0] not in ("0", "")
+                _, frame, result = app.pipeline.hub.latest()
+                if frame is None:
+                    self._error(503, "no frame yet")
+                else:
+                    self._send(200, app.renderer.jpeg(frame, result, raw), "image/jpeg",
+                               {"X-Lgld-Frame": str(frame.index)})
+            elif url.path == "/snapshot.json":
+                _, frame, result = app.pipeline.hub.latest()
+                self._json(200, {"frame": None if frame is None else frame.index,
+                                 "result": None if result is None else result.to_record()})
+            elif url.path == "/api/latest":
+                self._json(200, app.latest())
+            elif url.path == "/healthz":
+                ok, reason = app.health()
+                self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy",
+                                                "reason": reason})
+            elif url.path == "/metrics":
+                self._send(200, app.pipeline.snapshot().prometheus().encode(),
+                           "text/plain; version=0.0.4; charset=utf-8")
+            else:
+                self._error(404, f"not found: {url.path}")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        app = self.server.app
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(min(length, 65536))
+        if urlsplit(self.path).path != "/api/snapshot":
+            self._error(404, f"not found: {self.path}")
+            return
+        try:
+            self._json(200, app.save_snapshot())
+        except SnapshotError as exc:
+            self._error(409, str(exc))
+
+    def _stream(self, app: App) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", mjpeg.CONTENT_TYPE)
+        self.send_header("Cache-Control", "no-store, no-cache, private")
+        self.send_header("Pragma", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+        def write(data: bytes) -> None:
+            self.wfile.write(data)
+            self.wfile.flush()
+
+        mjpeg.stream_mjpeg(write, app.pipeline, app.renderer, app.stopping, app.stream_max_fps)

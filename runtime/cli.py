@@ -29,6 +29,7 @@ from lgld.runtime.config import (
     to_toml,
 )
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import choose_precision
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.geometry import RegionError
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
     p.add_argument("--http", metavar="[HOST:]PORT", help="serve the live page (host 127.0.0.1)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"),
+                   help="the model's fp32 or INT8 file (auto: INT8 where the CPU has fast int8)")
     p.add_argument("--preview", choices=("auto", "on", "off"), help="local preview window")
     p.add_argument("--config", metavar="FILE.toml", help="configuration file")
     p.add_argument("--print-config", action="store_true", help="print the effective config")
@@ -103,6 +106,7 @@ _FLAG_FIELDS = {
     "log": ("log", "path"),
     "http": ("http", "listen"),
     "threads": ("model", "threads"),
+    "precision": ("model", "precision"),
     "preview": ("display", "preview"),
 }
 
@@ -171,7 +175,8 @@ def run(cfg: RunConfig) -> int:
 
     threads = cfg.model.threads or default_threads()
     try:
-        classifier = OnnxClassifier(resolve_model(cfg.model.path), threads=threads)
+        choice = choose_precision(resolve_model(cfg.model.path), cfg.model.precision)
+        classifier = OnnxClassifier(choice.path, threads=threads)
     except ModelLoadError as exc:
         return _error(EXIT_MODEL, exc)
     result_log = server = source = preview = None
@@ -209,9 +214,9 @@ def run(cfg: RunConfig) -> int:
             elif cfg.display.preview == "on":
                 log.warning("no preview window: %s", why)
             log.info(
-                "model %s (%d classes, %d px, %d threads) | source %s | mode %s%s%s",
+                "model %s (%d classes, %d px, %s, %d threads) | source %s | mode %s%s%s",
                 classifier.info.name, len(classifier.classes), classifier.info.input_size,
-                threads, source.name, cfg.inference.mode,
+                choice.reason, threads, source.name, cfg.inference.mode,
                 f" | live view {server.url}" if server else "",
                 f" | log {result_log.path}" if result_log else "",
             )

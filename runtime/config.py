@@ -55,6 +55,10 @@ class ModelSection:
 
     path: str = _f("all", "all (ALL leukemia fields) | wbc5 (single white cells) | a .onnx path.")
     threads: int = _f(0, "ONNX Runtime threads; 0 = all cores but one (left for capture/encoding).")
+    precision: str = _f("auto", "auto | fp32 | int8: the model's fp32 file or its INT8 version\n"
+                                "(NAME.int8.onnx beside it); auto = INT8 where the CPU has int8\n"
+                                "dot products (arm64 dotprod, x86 VNNI) and the INT8 file passed\n"
+                                "its accuracy gate.")
 
 
 @dataclass
@@ -139,6 +143,8 @@ class RunConfig:
         _check(s.timeout_s > 0, "source.timeout_s must be > 0")
         _check(0 < s.retry_initial_s <= s.retry_max_s, "need 0 < retry_initial_s <= retry_max_s")
         _check(self.model.threads >= 0, "model.threads must be >= 0 (0 = automatic)")
+        _check(self.model.precision in ("auto", "fp32", "int8"),
+               f"model.precision must be auto, fp32 or int8, not {self.model.precision!r}")
         _check(i.mode in ("field", "roi"), f"inference.mode must be field or roi, not {i.mode!r}")
         _check(i.field_crop in ("square", "full"), "inference.field_crop must be square or full")
         _check(len(i.roi) in (0, 4), "inference.roi must be [] or [x, y, w, h]")

@@ -1,8 +1,10 @@
 """``lgld-run``: live blood-cell classification from a microscope camera, headless first.
 
-Exit status: 0 done (stopped, --frames reached, or all images classified), 1 failure while
-running, 2 bad arguments or configuration, 3 model missing or not an lgld model, 4 camera or
-source absent, busy or unreadable, 5 output problem (log not writable, HTTP port in use).
+Exit status: 0 done (stopped, --frames reached, or every readable image classified; the
+others are skipped with a log line each), 1 failure while running, 2 bad arguments or
+configuration, 3 model missing or not an lgld model, 4 camera or source absent, busy or
+unreadable (also: no image of a batch could be read), 5 output problem (log not writable or
+the disk full, HTTP port in use).
 Every error is one line on stderr: ``lgld-run: error: ...``.
 """
 
@@ -15,7 +17,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -23,6 +28,7 @@ import cv2
 from lgld.runtime.config import (
     ConfigError,
     RunConfig,
+    allowed_hosts,
     load_config,
     parse_listen,
     parse_roi,
@@ -37,8 +43,10 @@ from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
 from lgld.runtime.sources import SourceError, open_source
+from lgld.runtime.sources.images import ImageFolderSource
 from lgld.runtime.systemd import Notifier
 from lgld.runtime.web import STALE_AFTER_S, App, HttpServer, ServerError
+from lgld.runtime.web.guard import AccessGuard, is_loopback, load_token
 
 PROG = "lgld-run"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_MODEL, EXIT_SOURCE, EXIT_OUTPUT = 0, 1, 2, 3, 4, 5
@@ -48,14 +56,15 @@ log = logging.getLogger("lgld.runtime")
 EPILOG = """\
 examples:
   lgld-run --source demo --http 8080          live demo, open http://127.0.0.1:8080/
-  lgld-run --model wbc5 --mode roi --http 0.0.0.0:8080 --log /var/lib/lgld/results.jsonl
+  lgld-run --model wbc5 --mode roi --http 8080 --log /var/lib/lgld/results.jsonl
   lgld-run --source images:slides/ --log out.jsonl     classify every image once
   lgld-run --print-config > lgld.toml                  then: lgld-run --config lgld.toml
   lgld-run --check                                     doctor: camera, model, log, port
 
 exit status: 0 ok, 1 failure while running, 2 bad arguments or configuration,
-3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable,
-5 output problem (log not writable, HTTP port in use)
+3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable
+(or no image of a batch readable), 5 output problem (log not writable or disk full,
+HTTP port in use)
 """
 
 
@@ -85,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
-    p.add_argument("--http", metavar="[HOST:]PORT", help="serve the live page (host 127.0.0.1)")
+    p.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve the live page (host 127.0.0.1; any other address opens it to the "
+                   "network: see docs/deploy.md)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
     p.add_argument("--precision", choices=("auto", "fp32", "int8"),
                    help="the model's fp32 or INT8 file (auto: INT8 where the CPU has fast int8)")
@@ -169,11 +180,26 @@ def _print_batch_line(result: Result) -> None:
     print(f"{result.name}\t{label}\t{conf}\t{result.state}", flush=True)
 
 
+def _print_skip_line(path: Path, reason: str) -> None:
+    print(f"{path}\t-\t-\tskipped: {reason}", flush=True)
+
+
+def _skip_logger(result_log: ResultLog, source: str) -> Callable[[Path, str], None]:
+    """A skip listener that writes one log line per skipped file (readers tell it by event)."""
+
+    def write(path: Path, reason: str) -> None:
+        result_log.write({"event": "skip", "ts": datetime.now(UTC).isoformat(
+            timespec="milliseconds"), "source": source, "file": str(path), "reason": reason})
+
+    return write
+
+
 def run(cfg: RunConfig) -> int:
     """Run the live pipeline until stopped; returns the exit status."""
     from lgld.runtime.preview import PreviewWindow, preview_possible
 
     threads = cfg.model.threads or default_threads()
+    token = load_token(cfg.http) if cfg.http.listen else ""
     try:
         choice = choose_precision(resolve_model(cfg.model.path), cfg.model.precision)
         classifier = OnnxClassifier(choice.path, threads=threads)
@@ -191,6 +217,7 @@ def run(cfg: RunConfig) -> int:
                                            cfg.log.fsync_interval_s)
                 if cfg.http.listen:
                     server = HttpServer(*parse_listen(cfg.http.listen))
+                    _warn_if_exposed(server.host, server.port, token)
                 scene = "wbc" if cfg.inference.mode == "roi" else "all"
                 source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
             except (ResultLogError, ServerError, SourceError) as exc:
@@ -198,13 +225,22 @@ def run(cfg: RunConfig) -> int:
             listeners: list = [result_log] if result_log else []
             if source.batch:
                 listeners.append(_print_batch_line)
+            if isinstance(source, ImageFolderSource):
+                source.skip_listeners.append(_print_skip_line)
+                if result_log is not None:
+                    source.skip_listeners.append(_skip_logger(result_log, source.name))
             pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
                                 classifier.info.name, listeners)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
-                stale_after_s = max(STALE_AFTER_S, 2 * cfg.source.timeout_s)
-                server.start(App(pipeline, renderer, cfg.http.stream_max_fps,
-                                 cfg.http.snapshot_dir, stale_after_s))
+                server.start(App(
+                    pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
+                    max(STALE_AFTER_S, 2 * cfg.source.timeout_s),
+                    guard=AccessGuard(allowed_hosts(cfg.http.allowed_hosts), token),
+                    max_streams=cfg.http.max_streams,
+                    snapshot_min_interval_s=cfg.http.snapshot_min_interval_s,
+                    snapshot_max_bytes=cfg.http.snapshot_max_mb * 1_000_000,
+                ))
             show, why = preview_possible(cfg.display.preview)
             if show:
                 try:
@@ -221,7 +257,6 @@ def run(cfg: RunConfig) -> int:
                 f" | log {result_log.path}" if result_log else "",
             )
             pipeline.start()
-            notifier.ready(f"classifying {source.name}")
             _main_loop(pipeline, renderer, stop, notifier, preview)
     finally:
         notifier.stopping()
@@ -235,10 +270,14 @@ def run(cfg: RunConfig) -> int:
                 with suppress(Exception):
                     resource.close()
     assert pipeline is not None
-    log.info("%s%s", pipeline.snapshot().summary_line(),
+    skipped = source.skipped if isinstance(source, ImageFolderSource) else 0
+    log.info("%s%s%s", pipeline.snapshot().summary_line(),
+             f"; {skipped} skipped (unreadable or over source.max_image_pixels)" if skipped else "",
              f"; log {result_log.path} ({result_log.lines} lines)" if result_log else "")
     if pipeline.failure is not None:
         return _error(_exit_code(pipeline.failure), _message(pipeline.failure))
+    if pipeline.batch and pipeline.stats.results == 0:
+        return _error(EXIT_SOURCE, f"no image could be read ({skipped} skipped, see above)")
     return EXIT_OK
 
 
@@ -248,12 +287,31 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
 
 
+def _warn_if_exposed(host: str, port: int, token: str) -> None:
+    """Say it when the page is reachable from other machines, and louder without a token."""
+    if is_loopback(host):
+        return
+    log.warning("http: listening on %s:%d: the live page, stream and snapshots are reachable "
+                "from the network (only 127.0.0.1 keeps them on this machine)", host, port)
+    if not token:
+        log.warning("http: no access token: anyone who can reach %s:%d can watch and save "
+                    "snapshots; set [http] token_file or $LGLD_HTTP_TOKEN (docs/deploy.md)",
+                    host, port)
+
+
 def _main_loop(pipeline: Pipeline, renderer: Renderer, stop: threading.Event,
                notifier: Notifier, preview: Any) -> None:
-    """Wait for the end; meanwhile ping the watchdog, update STATUS and the preview window."""
-    last_status, shown = 0.0, -1
+    """Wait for the end; meanwhile send READY after the first frame, ping the watchdog, update
+    STATUS and the preview window."""
+    last_status, shown, ready = 0.0, -1, False
     tick = 0.03 if preview is not None else 0.2
-    while not stop.is_set() and not pipeline.finished.wait(tick):
+    while not stop.is_set():
+        finished = pipeline.finished.wait(tick)
+        if not ready and pipeline.stats.frames > 0:  # the camera delivers: now we are up
+            ready = True
+            notifier.ready(f"classifying {pipeline.source.name}")
+        if finished:
+            break
         now = time.monotonic()
         healthy = pipeline.alive() and now - pipeline.heartbeat < 10.0
         notifier.watchdog(healthy)

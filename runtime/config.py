@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -47,6 +48,8 @@ class SourceSection:
                                      "up to retry_max_s while it stays away.")
     retry_max_s: float = _f(30.0, "Longest wait between two reconnection attempts.")
     loop: bool = _f(False, "video:PATH only: start again at the end instead of stopping.")
+    max_image_pixels: int = _f(40_000_000, "images:... only: an image whose header claims more\n"
+                                           "pixels is skipped unread (a log line says so).")
 
 
 @dataclass
@@ -96,11 +99,23 @@ class HttpSection:
     """[http]: the live page, MJPEG stream, snapshots, JSON API and Prometheus metrics."""
 
     listen: str = _f("", "HOST:PORT (or PORT) to serve on; \"\" = off. A bare port binds\n"
-                         "127.0.0.1 only; give 0.0.0.0:PORT to serve the local network.")
+                         "127.0.0.1 only. Any other address opens the page to the network:\n"
+                         "set token_file too (docs/deploy.md, Opening the page to the LAN).")
+    allowed_hosts: str = _f("", "Extra names the page may be reached by (comma-separated), for\n"
+                                "the Host header check; localhost, this machine's names and the\n"
+                                "address a request arrives on are always allowed.")
+    token_file: str = _f("", "File holding an access token (16+ characters); \"\" = none.\n"
+                             "$LGLD_HTTP_TOKEN overrides it. With a token every request but\n"
+                             "/healthz needs it (Authorization: Bearer, or ?token= once).")
+    max_streams: int = _f(4, "Concurrent /stream.mjpg viewers; more get 503.")
     jpeg_quality: int = _f(80, "JPEG quality of the stream and snapshots (1-100).")
     stream_max_fps: float = _f(30.0, "Upper bound on MJPEG frames per second for each viewer.")
     snapshot_dir: str = _f("", "Folder where POST /api/snapshot saves the raw frame, the overlay\n"
                                "and the result JSON; \"\" = saving off (GET /snapshot.* works).")
+    snapshot_min_interval_s: float = _f(2.0, "Snapshots closer together than this are refused\n"
+                                             "(429).")
+    snapshot_max_mb: int = _f(500, "Size cap of snapshot_dir: the oldest snapshots are removed\n"
+                                   "(and the log says so) to stay under it.")
 
 
 @dataclass
@@ -136,13 +151,19 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ConfigError for the first invalid value; return self."""
-        s, i, t = self.source, self.inference, self.trust
-        _check(s.width >= 16 and s.height >= 16, "source.width/height must be at least 16")
-        _check(s.lores_width >= 16 and s.lores_height >= 16, "source.lores_* must be >= 16")
-        _check(s.fps > 0, "source.fps must be > 0")
-        _check(s.timeout_s > 0, "source.timeout_s must be > 0")
-        _check(0 < s.retry_initial_s <= s.retry_max_s, "need 0 < retry_initial_s <= retry_max_s")
-        _check(self.model.threads >= 0, "model.threads must be >= 0 (0 = automatic)")
+        s, i, t, h = self.source, self.inference, self.trust, self.http
+        _check(16 <= s.width <= MAX_SIDE and 16 <= s.height <= MAX_SIDE,
+               f"source.width/height must be 16-{MAX_SIDE}")
+        _check(16 <= s.lores_width <= MAX_SIDE and 16 <= s.lores_height <= MAX_SIDE,
+               f"source.lores_width/lores_height must be 16-{MAX_SIDE}")
+        _check(MIN_FPS <= s.fps <= MAX_FPS, f"source.fps must be {MIN_FPS:g}-{MAX_FPS:g}")
+        _check(0 < s.timeout_s <= MAX_WAIT_S, f"source.timeout_s must be in (0, {MAX_WAIT_S:g}]")
+        _check(0 < s.retry_initial_s <= s.retry_max_s <= MAX_WAIT_S,
+               f"need 0 < retry_initial_s <= retry_max_s <= {MAX_WAIT_S:g}")
+        _check(1 <= s.max_image_pixels <= 1_000_000_000,
+               "source.max_image_pixels must be 1-1000000000")
+        _check(0 <= self.model.threads <= max_threads(),
+               f"model.threads must be 0 (automatic) to {max_threads()}")
         _check(self.model.precision in ("auto", "fp32", "int8"),
                f"model.precision must be auto, fp32 or int8, not {self.model.precision!r}")
         _check(i.mode in ("field", "roi"), f"inference.mode must be field or roi, not {i.mode!r}")
@@ -153,7 +174,7 @@ class RunConfig:
             _check(i.roi[2] >= 8 and i.roi[3] >= 8, "inference.roi w and h must be >= 8 pixels")
         _check(0 < i.roi_size <= 1, "inference.roi_size must be in (0, 1]")
         _check(i.frames >= 0, "inference.frames must be >= 0")
-        _check(t.window >= 1, "trust.window must be >= 1")
+        _check(1 <= t.window <= 1000, "trust.window must be 1-1000")
         _check(0 <= t.min_confidence <= 1, "trust.min_confidence must be in [0, 1]")
         _check(t.min_focus >= 0, "trust.min_focus must be >= 0")
         _check(0 <= t.dark_level < t.bright_level <= 255,
@@ -161,14 +182,40 @@ class RunConfig:
         for name in ("max_dark_fraction", "max_bright_fraction"):
             _check(0 < getattr(t, name) <= 1, f"trust.{name} must be in (0, 1]")
         _check(1 <= self.http.jpeg_quality <= 100, "http.jpeg_quality must be 1-100")
-        _check(self.http.stream_max_fps > 0, "http.stream_max_fps must be > 0")
-        if self.http.listen:
-            parse_listen(self.http.listen)
-        _check(self.log.max_bytes >= 1024, "log.max_bytes must be >= 1024")
-        _check(self.log.backups >= 0, "log.backups must be >= 0")
-        _check(self.log.fsync_interval_s >= 0, "log.fsync_interval_s must be >= 0")
+        _check(MIN_FPS <= h.stream_max_fps <= MAX_FPS,
+               f"http.stream_max_fps must be {MIN_FPS:g}-{MAX_FPS:g}")
+        if h.listen:
+            parse_listen(h.listen)
+        allowed_hosts(h.allowed_hosts)
+        _check(1 <= h.max_streams <= 64, "http.max_streams must be 1-64")
+        _check(0 <= h.snapshot_min_interval_s <= MAX_WAIT_S,
+               f"http.snapshot_min_interval_s must be 0-{MAX_WAIT_S:g}")
+        _check(1 <= h.snapshot_max_mb <= 1_000_000, "http.snapshot_max_mb must be 1-1000000")
+        _check(1024 <= self.log.max_bytes <= 1 << 40, "log.max_bytes must be 1024 to 2**40")
+        _check(0 <= self.log.backups <= 1000, "log.backups must be 0-1000")
+        _check(0 <= self.log.fsync_interval_s <= MAX_WAIT_S,
+               f"log.fsync_interval_s must be 0-{MAX_WAIT_S:g}")
         _check(self.display.preview in ("auto", "on", "off"), "display.preview: auto, on or off")
         return self
+
+
+MAX_SIDE = 16384  # pixels: above any camera the runtime drives; 1e8 would need 536 GiB
+MIN_FPS, MAX_FPS = 0.1, 1000.0  # a 1e-300 fps makes 1/fps overflow
+MAX_WAIT_S = 3600.0  # longest timeout, retry, fsync or snapshot interval
+
+
+def max_threads() -> int:
+    """Most ONNX Runtime threads accepted: 4 per core (100000 made the session hang)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def allowed_hosts(text: str) -> list[str]:
+    """[http] allowed_hosts "a, b" -> ["a", "b"] (lower case); ConfigError for a bad name."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    for name in names:
+        _check(all(c.isalnum() or c in ".-_:[]" for c in name),
+               f"http.allowed_hosts: {name!r} is not a host name or address")
+    return names
 
 
 def _check(ok: bool, message: str) -> None:
@@ -271,6 +318,9 @@ def load_config(path: str | Path | None = None) -> RunConfig:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); TOML must be UTF-8"
+                          ) from None
     return apply_mapping(cfg, data, origin=str(path))
 
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from lgld.runtime.config import RunConfig, parse_listen
+from lgld.runtime.config import ConfigError, RunConfig, parse_listen
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
@@ -26,6 +26,7 @@ from lgld.runtime.results import ResultLogError, check_writable
 from lgld.runtime.sources import cameras_report, probe
 from lgld.runtime.systemd import under_systemd, watchdog_interval
 from lgld.runtime.web import port_free
+from lgld.runtime.web.guard import is_loopback, load_token
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Check:
     name: str
     ok: bool | None
     detail: str
+    warn: bool = False  # ok, but worth a second look (printed as [warn])
 
 
 def check_model(cfg: RunConfig) -> Check:
@@ -63,6 +65,19 @@ def check_source(cfg: RunConfig) -> list[Check]:
     return [Check("cameras", None, cameras_report()), Check("source", ok, detail)]
 
 
+def check_http(cfg: RunConfig) -> Check:
+    host, port = parse_listen(cfg.http.listen)
+    ok, detail = port_free(host, port)
+    try:
+        token = load_token(cfg.http)
+    except ConfigError as exc:
+        return Check("http", False, str(exc))
+    if not ok or is_loopback(host):
+        return Check("http", ok, detail + ("; access token set" if token else ""))
+    exposure = "reachable from the network" + ("" if token else ", NO access token")
+    return Check("http", True, f"{detail}; {exposure} (docs/deploy.md)", warn=True)
+
+
 def run_checks(cfg: RunConfig) -> list[Check]:
     checks = [
         Check("lgld", None, f"lgld {lgld_version()} | Python {platform.python_version()} | "
@@ -81,9 +96,7 @@ def run_checks(cfg: RunConfig) -> list[Check]:
     else:
         checks.append(Check("log", None, "result log off"))
     if cfg.http.listen:
-        host, port = parse_listen(cfg.http.listen)
-        ok, detail = port_free(host, port)
-        checks.append(Check("http", ok, detail))
+        checks.append(check_http(cfg))
     else:
         checks.append(Check("http", None, "HTTP server off"))
     checks.append(Check("preview", None, preview_possible(cfg.display.preview)[1]))
@@ -93,11 +106,12 @@ def run_checks(cfg: RunConfig) -> list[Check]:
     return checks
 
 
-def doctor(cfg: RunConfig, out: TextIO = sys.stdout) -> int:
-    """Print the report; 0 when nothing failed, 1 otherwise."""
+def doctor(cfg: RunConfig, out: TextIO | None = None) -> int:
+    """Print the report (to sys.stdout as it is when called); 0 when nothing failed, else 1."""
+    out = out or sys.stdout
     checks = run_checks(cfg)
     for c in checks:
-        mark = " ok " if c.ok else "FAIL" if c.ok is False else "info"
+        mark = "warn" if c.warn else " ok " if c.ok else "FAIL" if c.ok is False else "info"
         print(f"[{mark}] {c.name:<12} {c.detail}", file=out)
     failed = [c.name for c in checks if c.ok is False]
     print(f"lgld-run --check: {'problems with ' + ', '.join(failed) if failed else 'all good'}",

@@ -32,7 +32,7 @@ from lgld.runtime.geometry import Region, crop_region, model_region
 from lgld.runtime.results import Result
 from lgld.runtime.sources import CameraLost, Frame, Source
 from lgld.runtime.stats import Snapshot, Stats
-from lgld.runtime.trust import OK, Quality, Smoother, assess, decide
+from lgld.runtime.trust import INVALID_OUTPUT, OK, Quality, Smoother, assess, decide
 
 log = logging.getLogger("lgld.runtime")
 
@@ -197,6 +197,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._results = 0
+        self._invalid = 0  # frames whose model output was not finite
 
     # -- control -------------------------------------------------------------------------------
 
@@ -329,6 +330,14 @@ class Pipeline:
         """Quality gate, preprocessing, classification and smoothing of one frame, in sequence."""
         return self.classify(self.prepare(frame))
 
+    def _warn_invalid_output(self) -> None:
+        """Say it on the first non-finite output and then every 1000th (not every frame)."""
+        self._invalid += 1
+        if self._invalid % 1000 == 1:
+            log.warning("the model answered NaN or infinity (%d frame(s) so far): those frames "
+                        "are 'invalid_output', never a class; check the model file",
+                        self._invalid)
+
     def classify(self, prepared: Prepared) -> Result:
         """Classification and smoothing of a prepared frame (runs on the inference thread)."""
         t0 = time.perf_counter()
@@ -341,11 +350,16 @@ class Pipeline:
             state = quality.state
         else:
             probs = np.asarray(self.classifier.predict(prepared.batch)[0], dtype=np.float32)
-            smoothed = self.smoother.update(probs)
-            decision = decide(smoothed, self.classes, self.settings.trust.min_confidence)
-            state, label, confidence = decision.state, decision.label, decision.confidence
-            probabilities = {c: float(p) for c, p in zip(self.classes, smoothed, strict=True)}
-            instant = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
+            if not np.all(np.isfinite(probs)):  # never a class, never smoothed into the next
+                self.smoother.reset()
+                state = INVALID_OUTPUT
+                self._warn_invalid_output()
+            else:
+                smoothed = self.smoother.update(probs)
+                decision = decide(smoothed, self.classes, self.settings.trust.min_confidence)
+                state, label, confidence = decision.state, decision.label, decision.confidence
+                probabilities = {c: float(p) for c, p in zip(self.classes, smoothed, strict=True)}
+                instant = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
         latency = prepared.seconds + time.perf_counter() - t0
         now = time.monotonic()
         stats = self.stats

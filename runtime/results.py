@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lgld.runtime.config import LogSection
+from lgld.runtime.core.strictjson import dumps
 from lgld.runtime.geometry import Region
 from lgld.runtime.trust import Quality
 
@@ -142,9 +142,20 @@ class ResultLog:
             raise ResultLogError(f"cannot open log {self.path}: {_reason(exc)}") from None
         try:
             self._size = os.fstat(handle.fileno()).st_size
-        except OSError:
-            self._size = 0
+            if self._size and not self._ends_with_newline():
+                # a line cut short (a power cut, another program): end it, so the next record
+                # is a line of its own; the fragment stays, readers skip it
+                handle.write(b"\n")
+                self._size += 1
+        except OSError as exc:
+            handle.close()
+            raise ResultLogError(f"cannot open log {self.path}: {_reason(exc)}") from None
         return handle
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) == b"\n"
 
     def _rotate(self) -> None:
         self._sync()
@@ -171,19 +182,28 @@ class ResultLog:
         self._last_sync = time.monotonic()
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one record as one line (flushed to the OS before returning)."""
-        data = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        """Append one record as one line of strict JSON (flushed to the OS before returning).
+
+        A write that fails part-way (ENOSPC: the disk is full) is cut back off the file, so the
+        log holds only whole lines and a later run appends cleanly."""
+        data = (dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
             if self._file is None:
                 raise ResultLogError(f"log {self.path} is closed")
             try:
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._rotate()
-                view = memoryview(data)
-                while view:
-                    written = self._file.write(view)
-                    view = view[written:]
-                self._size += len(data)
+                start = os.fstat(self._file.fileno()).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        written = self._file.write(view)
+                        view = view[written:]
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._file.fileno(), start)
+                    raise
+                self._size = start + len(data)
                 self.lines += 1
                 if time.monotonic() - self._last_sync >= self.fsync_interval_s:
                     self._sync()

@@ -118,7 +118,7 @@ class Snapshot:
             out.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
 
         info = (f'{{model="{_label(self.model)}",source="{_label(self.source)}",'
-                f'mode="{self.mode}",version="{_label(lgld_version())}"}}')
+                f'mode="{_label(self.mode)}",version="{_label(lgld_version())}"}}')
         metric("lgld_info", "gauge", "Model, source and mode in use (value is always 1).",
                [(info, 1)])
         metric("lgld_uptime_seconds", "gauge", "Seconds since the pipeline started.",

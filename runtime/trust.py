@@ -2,8 +2,9 @@
 
 Every frame ends in one state, named the same everywhere (log, API, metrics, overlay, page):
 ``ok`` (a class is shown), ``uncertain`` (classified, smoothed confidence below
-``trust.min_confidence``), or a quality-gate rejection (``out_of_focus``, ``too_dark``,
-``too_bright``; not classified).
+``trust.min_confidence``), a quality-gate rejection (``out_of_focus``, ``too_dark``,
+``too_bright``; not classified), or ``invalid_output`` (the model answered NaN or infinity:
+never a class, and not smoothed into the next frames).
 
 Quality gate: focus (variance of the Laplacian) and exposure, measured on the classified region
 converted to grey and resized to 256 px on its longer side, so they do not depend on the camera
@@ -31,7 +32,8 @@ UNCERTAIN = "uncertain"
 OUT_OF_FOCUS = "out_of_focus"
 TOO_DARK = "too_dark"
 TOO_BRIGHT = "too_bright"
-STATES = (OK, UNCERTAIN, OUT_OF_FOCUS, TOO_DARK, TOO_BRIGHT)
+INVALID_OUTPUT = "invalid_output"
+STATES = (OK, UNCERTAIN, OUT_OF_FOCUS, TOO_DARK, TOO_BRIGHT, INVALID_OUTPUT)
 #: How a state reads to a person (overlay, live page).
 STATE_LABELS = {
     OK: "ok",
@@ -39,6 +41,7 @@ STATE_LABELS = {
     OUT_OF_FOCUS: "out of focus",
     TOO_DARK: "too dark",
     TOO_BRIGHT: "too bright",
+    INVALID_OUTPUT: "invalid model output",
 }
 
 ANALYSIS_SIZE = 256

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from lgld.runtime.core import strictjson
 from lgld.runtime.core.preprocess import PreprocessSpec
 
 PREFIX = "lgld."
@@ -57,7 +58,7 @@ class ModelInfo:
             PREFIX + "input_size": str(self.input_size),
             PREFIX + "preprocess": json.dumps(self.preprocess.to_dict()),
             PREFIX + "variant": self.variant,
-            PREFIX + "training": json.dumps(self.training),
+            PREFIX + "training": strictjson.dumps(self.training),
             PREFIX + "checkpoint_sha256": self.checkpoint_sha256,
             PREFIX + "version": self.lgld_version,
             PREFIX + "quantization": self.quantization,
@@ -88,7 +89,10 @@ class ModelInfo:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelInfoError(f"{source} has damaged lgld metadata: {exc}") from None
-        if int(props.get(PREFIX + "input_size", spec.input_size)) != spec.input_size:
+        size_text = props.get(PREFIX + "input_size", str(spec.input_size))
+        if not size_text.strip().isdigit():
+            raise ModelInfoError(f"{source}: lgld.input_size {size_text[:40]!r} is not a number")
+        if int(size_text) != spec.input_size:
             raise ModelInfoError(f"{source}: input_size and preprocess disagree")
         if len(classes) < 2:
             raise ModelInfoError(f"{source}: needs at least 2 classes, has {len(classes)}")

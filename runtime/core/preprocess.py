@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lgld.runtime.core.imageheader import read_image_size
+
 
 class ImageError(ValueError):
     """An image is missing, unreadable or not a colour image."""
@@ -57,13 +59,31 @@ class PreprocessSpec:
         return cls(**known)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as BGR uint8 HxWx3, or raise ImageError with a one-line reason."""
+def read_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as BGR uint8 HxWx3, or raise ImageError with a one-line reason.
+
+    With ``max_pixels`` the size is read from the header first (:mod:`imageheader`) and a
+    larger image, or one whose header is not a PNG/JPEG/BMP/TIFF/WebP header, is refused before
+    anything is decoded, so a small file claiming a huge image costs no memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
+    if max_pixels is not None:
+        size = read_image_size(path)
+        if size is None:
+            raise ImageError("cannot decode image (not a PNG, JPEG, BMP, TIFF or WebP header): "
+                             f"{path}")
+        width, height = size
+        if width * height > max_pixels:
+            raise ImageError(f"image {width}x{height} ({width * height} pixels) is over the "
+                             f"limit of {max_pixels} pixels: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as exc:  # e.g. larger than OpenCV's own pixel limit
+        reason = str(exc).strip().splitlines()[-1][:160]
+        raise ImageError(f"cannot decode image ({reason}): {path}") from None
     if image is None:
         raise ImageError(f"cannot decode image (corrupt or not an image): {path}")
     return image

@@ -100,18 +100,28 @@ class OnnxClassifier:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
-        shape = list(inp.shape)
-        size = self.info.input_size
+        self._check_io(inp, self.session.get_outputs()[0])
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def _check_io(self, inp: ort.NodeArg, out: ort.NodeArg) -> None:
+        """Refuse at load what would only fail at the first frame: the input must be float32
+        (N, 3, S, S) with S the metadata's input size, the output (N, classes) float."""
+        shape, size, n = list(inp.shape), self.info.input_size, len(self.info.classes)
+        if inp.type != "tensor(float)":
+            raise ModelLoadError(f"{self.path}: input is {inp.type}, not a float tensor")
         if len(shape) != 4 or shape[2:] != [size, size]:
             raise ModelLoadError(
                 f"{self.path}: input shape {shape} does not match metadata input size {size}"
             )
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        out_dim = self.session.get_outputs()[0].shape[-1]
-        if isinstance(out_dim, int) and out_dim != len(self.info.classes):
-            raise ModelLoadError(
-                f"{self.path}: {out_dim} outputs but {len(self.info.classes)} class names"
-            )
+        if shape[1] != 3:
+            raise ModelLoadError(f"{self.path}: input has {shape[1]} channels, not 3 (BGR/RGB)")
+        if out.type not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
+            raise ModelLoadError(f"{self.path}: output is {out.type}, not a float tensor")
+        if len(out.shape) != 2:
+            raise ModelLoadError(f"{self.path}: output shape {list(out.shape)} is not "
+                                 f"(batch, {n} classes)")
+        if isinstance(out.shape[-1], int) and out.shape[-1] != n:
+            raise ModelLoadError(f"{self.path}: {out.shape[-1]} outputs but {n} class names")
 
     @property
     def classes(self) -> list[str]:

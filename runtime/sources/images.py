@@ -1,9 +1,15 @@
-"""``images:DIR_OR_GLOB``: every image of a folder or glob once (batch mode)."""
+"""``images:DIR_OR_GLOB``: every image of a folder or glob once (batch mode).
+
+One bad file never stops the batch: an image that cannot be read, or whose header claims more
+than ``max_pixels`` pixels (read before anything is decoded), is skipped with a warning and
+reported to the ``skip_listeners`` (the result log writes a line for it).
+"""
 
 from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from lgld.runtime.core.files import is_image_file, list_images
@@ -38,12 +44,15 @@ class ImageFolderSource(Source):
     batch = True
     live = False
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, max_pixels: int | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.name = f"images:{spec}"
+        self.max_pixels = max_pixels
         self.files: list[Path] = []
         self.skipped = 0
+        #: called with (path, reason) for each file skipped
+        self.skip_listeners: list[Callable[[Path, str], None]] = []
         self._next = 0
 
     def open(self) -> None:
@@ -57,8 +66,17 @@ class ImageFolderSource(Source):
             path = self.files[self._next]
             self._next += 1
             try:
-                return self._frame(read_image(path), name=str(path))
-            except ImageError as exc:
-                self.skipped += 1
-                log.warning("skipped: %s", exc)
+                return self._frame(read_image(path, self.max_pixels), name=str(path))
+            except (ImageError, OSError, MemoryError) as exc:
+                self._skip(path, exc)
         return None
+
+    def _skip(self, path: Path, exc: BaseException) -> None:
+        reason = str(exc).strip() or type(exc).__name__
+        reason = reason.removesuffix(f": {path}")  # the record names the file already
+        if isinstance(exc, MemoryError):
+            reason = "not enough memory to decode it"
+        self.skipped += 1
+        log.warning("skipped %s: %s", path, reason)
+        for listener in self.skip_listeners:
+            listener(path, reason)

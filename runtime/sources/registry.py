@@ -79,7 +79,7 @@ def make_source(
         return opencv.OpenCVSource(s.arg, "video", size, cfg.fps, loop=cfg.loop,
                                    timeout_s=cfg.timeout_s)
     if s.kind == "images":
-        return images.ImageFolderSource(s.arg)
+        return images.ImageFolderSource(s.arg, cfg.max_image_pixels)
     if s.kind == "demo":
         return demo.DemoSource(scene=s.arg or scene_hint, size=size, fps=cfg.fps,
                                roi_size=roi_size)

@@ -10,11 +10,16 @@
 * ``/metrics``           Prometheus text format (version 0.0.4)
 
 A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
+It needs no checks of its own: every request passes the access checks (:mod:`guard`: Host,
+Origin, token) and a Content-Length check in :meth:`Handler.parse_request` before any route;
+a malformed request or a client that vanishes costs one log line, never a traceback. Stream
+viewers are capped (``max_streams``, 503 beyond); snapshots are rate-limited and size-capped
+(:mod:`snapshots`). Every JSON answer is strict JSON (:mod:`lgld.runtime.core.strictjson`).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,12 +30,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from lgld.runtime.config import HttpSection
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.strictjson import dumps
 from lgld.runtime.pipeline import Pipeline
 from lgld.runtime.render import Renderer
 from lgld.runtime.trust import STATE_LABELS
 from lgld.runtime.web import mjpeg
+from lgld.runtime.web.guard import AccessGuard
+from lgld.runtime.web.snapshots import SnapshotRefused, SnapshotStore
 
 STALE_AFTER_S = 5.0
+MAX_BODY = 65536  # no route takes a request body; larger ones are refused (413)
+
+log = logging.getLogger("lgld.runtime")
 PAGE_PATH = Path(__file__).resolve().parents[1] / "assets" / "index.html"
 
 
@@ -48,13 +59,35 @@ class App:
         stream_max_fps: float = HttpSection.stream_max_fps,
         snapshot_dir: str = HttpSection.snapshot_dir,
         stale_after_s: float = STALE_AFTER_S,
+        guard: AccessGuard | None = None,
+        max_streams: int = HttpSection.max_streams,
+        snapshot_min_interval_s: float = HttpSection.snapshot_min_interval_s,
+        snapshot_max_bytes: int = HttpSection.snapshot_max_mb * 1_000_000,
     ) -> None:
         self.pipeline = pipeline
         self.renderer = renderer
         self.stream_max_fps = stream_max_fps
         self.snapshot_dir = snapshot_dir
+        self.snapshots = SnapshotStore(snapshot_dir, snapshot_min_interval_s,
+                                       snapshot_max_bytes) if snapshot_dir else None
         self.stale_after_s = stale_after_s
+        self.guard = guard or AccessGuard()
+        self.max_streams = max_streams
+        self.streams = 0
+        self._streams_lock = threading.Lock()
         self.stopping = threading.Event()
+
+    def open_stream(self) -> bool:
+        """Take a viewer slot; False when max_streams viewers are watching."""
+        with self._streams_lock:
+            if self.streams >= self.max_streams:
+                return False
+            self.streams += 1
+            return True
+
+    def close_stream(self) -> None:
+        with self._streams_lock:
+            self.streams -= 1
 
     def latest(self) -> dict[str, Any]:
         """/api/latest: the latest result, counts and rates, and the state vocabulary."""
@@ -86,29 +119,26 @@ class App:
         return True, "ok"
 
     def save_snapshot(self) -> dict[str, Any]:
-        if not self.snapshot_dir:
+        """Save the latest frame; raises SnapshotError, or SnapshotRefused when too soon."""
+        if self.snapshots is None:
             raise SnapshotError("snapshot saving is off (set http.snapshot_dir)")
         _, frame, result = self.pipeline.hub.latest()
         if frame is None:
             raise SnapshotError("no frame yet")
-        folder = Path(self.snapshot_dir).expanduser()
+        self.snapshots.claim()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        stem = folder / f"lgld-{stamp}-f{frame.index}"
         record = None if result is None else result.to_record()
+        parts = [
+            ("raw.jpg", self.renderer.jpeg(frame, result, raw=True)),
+            ("overlay.jpg", self.renderer.jpeg(frame, result)),
+            ("json", dumps({"frame": frame.index, "result": record}, indent=1).encode()),
+        ]
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            files = []
-            for suffix, data in (
-                ("raw.jpg", self.renderer.jpeg(frame, result, raw=True)),
-                ("overlay.jpg", self.renderer.jpeg(frame, result)),
-                ("json", json.dumps({"frame": frame.index, "result": record}, indent=1).encode()),
-            ):
-                path = Path(f"{stem}.{suffix}")
-                path.write_bytes(data)
-                files.append(str(path))
+            files = self.snapshots.save(f"lgld-{stamp}-f{frame.index}", parts)
         except OSError as exc:
-            raise SnapshotError(f"cannot save snapshot in {folder}: {exc.strerror}") from None
-        return {"files": files, "frame": frame.index, "result": record}
+            raise SnapshotError(f"cannot save snapshot in {self.snapshots.folder}: "
+                                f"{exc.strerror or exc}") from None
+        return {"files": [str(f) for f in files], "frame": frame.index, "result": record}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -119,6 +149,55 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # quiet: a stream viewer would log every frame otherwise
+
+    # -- the one gate every request passes ------------------------------------------------
+
+    def handle(self) -> None:
+        """A client that resets or times out mid-request costs one log line, no traceback."""
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError) as exc:
+            self.close_connection = True
+            what = "reset the connection" if isinstance(exc, ConnectionResetError) else (
+                "went away" if isinstance(exc, ConnectionError) else "timed out")
+            log.info("http: client %s %s mid-request", self.client_address[0], what)
+
+    def parse_request(self) -> bool:
+        """The standard parsing, then the access checks and the Content-Length check, for every
+        method and route (a refused request never reaches a route)."""
+        if not super().parse_request():
+            return False
+        self._cookie = None
+        app = self.server.app
+        local = self.connection.getsockname()[0]
+        refusal = app.guard.refusal(self.command, self.path, self.headers, local)
+        if refusal is not None:
+            log.info("http: %d for %s %s from %s: %s", refusal.status, self.command,
+                     self.path.split("?")[0][:80], self.client_address[0], refusal.message)
+            self.close_connection = True
+            self._error(refusal.status, refusal.message)
+            return False
+        length = self.headers.get("Content-Length")
+        if length is not None:
+            problem, status = None, 400
+            if not length.strip().isdigit():
+                problem = f"Content-Length {length[:40]!r} is not a number of bytes"
+            elif int(length) > MAX_BODY:
+                problem, status = f"Content-Length {length[:40]} is over {MAX_BODY}", 413
+            if problem:
+                log.warning("http: %d for %s %s from %s: %s", status, self.command,
+                            self.path.split("?")[0][:80], self.client_address[0], problem)
+                self.close_connection = True
+                self._error(status, problem)
+                return False
+        self._cookie = app.guard.set_cookie(self.path)
+        return True
+
+    def end_headers(self) -> None:
+        if getattr(self, "_cookie", None):
+            self.send_header("Set-Cookie", self._cookie)
+            self._cookie = None
+        super().end_headers()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -133,8 +212,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
+    def _json(self, status: int, obj: Any, extra: dict | None = None) -> None:
+        self._send(status, dumps(obj).encode(), "application/json", extra)
 
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
@@ -181,19 +260,31 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         app = self.server.app
-        length = int(self.headers.get("Content-Length") or 0)
+        length = int(self.headers.get("Content-Length") or 0)  # checked in parse_request
         if length:
-            self.rfile.read(min(length, 65536))
+            self.rfile.read(length)
         if urlsplit(self.path).path != "/api/snapshot":
             self._error(404, f"not found: {self.path}")
             return
         try:
             self._json(200, app.save_snapshot())
+        except SnapshotRefused as exc:
+            retry = str(max(1, round(exc.retry_after + 0.5)))
+            self._json(429, {"error": str(exc)}, {"Retry-After": retry})
         except SnapshotError as exc:
             self._error(409, str(exc))
 
     def _stream(self, app: App) -> None:
         self.close_connection = True
+        if not app.open_stream():
+            self._error(503, f"too many viewers (http.max_streams = {app.max_streams})")
+            return
+        try:
+            self._stream_frames(app)
+        finally:
+            app.close_stream()
+
+    def _stream_frames(self, app: App) -> None:
         self.send_response(200)
         self.send_header("Content-Type", mjpeg.CONTENT_TYPE)
         self.send_header("Cache-Control", "no-store, no-cache, private")

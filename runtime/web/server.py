@@ -7,12 +7,17 @@ It binds 127.0.0.1 unless another address is asked for explicitly.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import socketserver
+import sys
 import threading
 from http.server import ThreadingHTTPServer
+from typing import Any
 
 from lgld.runtime.web.routes import App, Handler
+
+log = logging.getLogger("lgld.runtime")
 
 
 class ServerError(RuntimeError):
@@ -24,6 +29,13 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False  # do not wait for viewers (or idle keep-alive clients) on exit
     allow_reuse_address = True
     app: App
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line instead of socketserver's traceback on stderr (the journal)."""
+        exc = sys.exc_info()[1]
+        text = str(exc).strip()
+        log.warning("http: %s from %s: %s", type(exc).__name__, client_address[0],
+                    text.splitlines()[0][:160] if text else "")
 
     def server_bind(self) -> None:
         # skip HTTPServer.server_bind's reverse DNS lookup (slow without a network)

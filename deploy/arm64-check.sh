@@ -151,10 +151,16 @@ TOL = {"fp32": 0.002, "int8": 0.02}  # max |probability difference| allowed, x86
 
 
 def load(path: Path) -> dict:
+    """file name -> the model's own answer (top-1 and probabilities, before any smoothing)."""
     if not path.is_file():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {Path(r["file"]).name: r for r in rows}
+    out = {}
+    for r in rows:
+        probs = (r.get("instant") or r).get("probabilities") or {}
+        top1 = max(probs, key=probs.get) if probs else None
+        out[Path(r["file"]).name] = {"class": top1, "probabilities": probs}
+    return out
 
 
 print(f"{'model':22s} {'prec':5s} {'images':>6s} {'same class':>10s} {'max |dp|':>9s} "

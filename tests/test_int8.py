@@ -136,3 +136,24 @@ def test_shipped_int8_model_gives_the_fp32_answers_on_bundled_samples(name: str)
     differ = np.flatnonzero(got.argmax(1) != ref.argmax(1))
     assert differ.size == 0, [files[i].name for i in differ]
     assert np.abs(got - ref).max() <= 0.25
+
+
+def test_lgld_run_precision_flag_picks_the_file_and_fails_clearly(tmp_path, tiny_model, capsys):
+    import json
+
+    from lgld.runtime import cli
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_model, model)
+    image = tmp_path / "slides" / "a.jpg"
+    image.parent.mkdir()
+    shutil.copy(next((SAMPLES / "ALL").glob("*/*.jpg")), image)
+    args = ["--model", str(model), "--source", f"images:{image.parent}", "--preview", "off",
+            "--threads", "1"]
+    rc = cli.main([*args, "--precision", "int8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and "has no INT8 version" in err[-1] and "Traceback" not in "\n".join(err)
+    log = tmp_path / "r.jsonl"
+    assert cli.main([*args, "--precision", "fp32", "--log", str(log)]) == 0
+    assert len([json.loads(line) for line in log.read_text().splitlines()]) == 1
+    assert cli.main([*args, "--precision", "fast"]) != 0

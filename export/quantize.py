@@ -171,8 +171,8 @@ def split_items(
 ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
     """(train, val) labelled images of an lgld-train split file, checked against the model.
 
-    ``expect_counts`` (the checkpoint's recorded split sizes) guards against quantizing with
-    another split than the one the model was selected on.
+    ``expect_counts`` (the checkpoint's recorded split sizes) guards against gating on another
+    validation split than the one the model was selected on (val and test sizes must match).
     """
     from lgld.training.data import DataError, load_split
 
@@ -186,9 +186,9 @@ def split_items(
     for part in ("train", "val"):
         if not split.parts.get(part):
             raise ExportError(f"split file {split_file} has no {part!r} part")
-    if expect_counts:
+    if expect_counts:  # val and test decide (a fine-tuning run may train on a subset)
         counts = {k: len(v) for k, v in split.parts.items()}
-        if any(counts.get(k) != n for k, n in expect_counts.items()):
+        if any(counts.get(k) != n for k, n in expect_counts.items() if k != "train"):
             raise ExportError(f"split file {split_file} has parts {counts}, but the model was "
                               f"trained on a split with {expect_counts}")
     pairs = {

@@ -157,3 +157,26 @@ def test_lgld_run_precision_flag_picks_the_file_and_fails_clearly(tmp_path, tiny
     assert cli.main([*args, "--precision", "fp32", "--log", str(log)]) == 0
     assert len([json.loads(line) for line in log.read_text().splitlines()]) == 1
     assert cli.main([*args, "--precision", "fast"]) != 0
+
+
+def test_int8_export_gates_on_the_models_own_val_split_only(tmp_path: Path) -> None:
+    from lgld.export import ExportError
+    from lgld.export.quantize import split_items
+    from lgld.training.data import Item, Split
+
+    classes = sorted(p.name for p in (SAMPLES / "ALL").iterdir() if p.is_dir())
+    parts: dict[str, list[Item]] = {"train": [], "val": [], "test": []}
+    for cls in classes:
+        files = sorted((SAMPLES / "ALL" / cls).glob("*.jpg"))[:3]
+        for part, f in zip(parts, files, strict=True):
+            parts[part].append(Item(f"{cls}/{f.name}", cls, ""))
+    split = Split(root=SAMPLES / "ALL", layout="imagefolder", classes=classes, seed=42,
+                  parts=parts)
+    split.save(tmp_path / "split.json")
+    train, val = split_items(tmp_path / "split.json", classes,
+                             expect_counts={"train": 99, "val": 4, "test": 4})
+    assert len(train) == len(val) == 4 and {label for _, label in val} == {0, 1, 2, 3}
+    with pytest.raises(ExportError, match="trained on a split"):
+        split_items(tmp_path / "split.json", classes, expect_counts={"val": 5, "test": 4})
+    with pytest.raises(ExportError, match="classes"):
+        split_items(tmp_path / "split.json", ["a", "b"])

@@ -8,7 +8,7 @@ the runtime's session options). Refuses (writes nothing) when accuracy or macro 
 than ``max_accuracy_drop``. Needs no torch.
 
 The recipe (scope ``gce``): only the GCE's three dilated 3x3 convolutions are quantized, which
-hold about three quarters of LGLD-Net's MACs at every input size; the local stream (involution,
+hold about four fifths of LGLD-Net's MACs at every input size; the local stream (involution,
 depthwise convolutions) and the small 1x1 convolutions stay fp32, because quantizing them is
 what cost the 160 px models their accuracy (docs/performance.md). Weights are int8 per output
 channel with 7 bits of range (``reduce_range``): a u8 x s7 pair sum cannot saturate the 16-bit

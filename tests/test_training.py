@@ -18,8 +18,7 @@ from lgld.training.data import DataError, discover, make_split
 from lgld.training.evaluate import summarise
 from lgld.training.metrics import compute_metrics, confusion_matrix, format_report
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ALL").is_dir(), reason="shared data not found")
+SAMPLES = Path(__file__).resolve().parent / "data" / "train_samples"  # 64x64 ALL fields
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +40,10 @@ def run_cli(fn: Callable[[list[str]], int], argv: list[str]) -> int:
 
 
 def toy_folder(dest: Path, classes: list[str], n: int) -> Path:
-    """Copy the first ``n`` images of some ALL classes into an ImageFolder."""
+    """Copy the first ``n`` bundled images of some ALL classes into an ImageFolder."""
     for c in classes:
         (dest / c).mkdir(parents=True)
-        for f in sorted((DATA / "ALL" / c).glob("*.jpg"))[:n]:
+        for f in sorted((SAMPLES / c).glob("*.jpg"))[:n]:
             shutil.copy(f, dest / c / f.name)
     return dest
 
@@ -62,7 +61,6 @@ def synthetic_folder(dest: Path, per_class: int = 10, classes: tuple = ("a", "b"
 # ---------------------------------------------------------------- end to end
 
 
-@needs_data
 def test_training_end_to_end_beats_chance(tmp_path: Path) -> None:
     # Early vs Pro fields differ clearly in colour and texture: learnable at 32 px in seconds.
     data = toy_folder(tmp_path / "data", ["Early", "Pro"], 32)
@@ -87,6 +85,26 @@ def test_training_end_to_end_beats_chance(tmp_path: Path) -> None:
     assert metrics["val"]["accuracy"] >= 0.85 and metrics["val"]["classes"] == ["Early", "Pro"]
     assert metrics["val"]["num_images"] == split["counts"]["val"]
     assert metrics["test"]["num_images"] == split["counts"]["test"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device here: the CUDA + mixed-precision path needs one")
+def test_cuda_mixed_precision_training_learns_and_saves_float32_weights(tmp_path: Path) -> None:
+    data = toy_folder(tmp_path / "data", ["Early", "Pro"], 32)
+    out = tmp_path / "run"
+    code = run_cli(train_main, [
+        "--data", str(data), "--out", str(out), "--input-size", "32", "--epochs", "8",
+        "--batch-size", "8", "--device", "cuda", "--workers", "0", "--val-fraction", "0.25",
+    ])
+    assert code == 0
+    ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["training"]["device"].startswith("cuda")
+    assert ckpt["extra"]["scaler"]  # the GradScaler ran: mixed precision was on
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values()
+               if v.is_floating_point())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(e["train_loss"]) for e in log)
+    assert log[-1]["val_accuracy"] >= 0.8  # chance is 0.5
 
 
 # ---------------------------------------------------------------- splits
@@ -310,3 +328,64 @@ def test_model_card_follows_init_through_runs_and_shipped_copies(tmp_path: Path)
     assert [s["recipe"] for s in full] == ["default", "finetune", "finetune"]
     assert f"--init {shipped} --split-file stage2/split.json" in full[2]["command"]
     assert all(len(s["history"]) == 2 for s in full)
+
+
+# ---------------------------------------------------------------- allocator restart
+
+
+def test_allocator_choice_respects_opt_out_restart_mark_and_user_settings() -> None:
+    from lgld.training.allocator import GLIBC_TUNABLES, allocator_environment
+
+    je = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    name, env = allocator_environment({}, je)
+    assert name == "jemalloc" and env["LD_PRELOAD"] == je and env["LGLD_ALLOCATOR"] == "jemalloc"
+    assert "retain:true" in env["MALLOC_CONF"]
+    name, env = allocator_environment({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, None)
+    assert name == "glibc-tunables"
+    assert env["GLIBC_TUNABLES"] == f"glibc.pthread.rseq=0:{GLIBC_TUNABLES}"  # kept, extended
+    assert allocator_environment({"LGLD_NO_REEXEC": "1"}, je) is None
+    assert allocator_environment({"LGLD_ALLOCATOR": "jemalloc"}, je) is None  # never twice
+    assert allocator_environment({"LD_PRELOAD": "/opt/libtcmalloc.so"}, je) is None
+    assert allocator_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, je) is None
+
+
+@pytest.mark.parametrize("opt_out,restarts", [(None, 1), ("env", 0), ("flag", 0)])
+def test_lgld_train_restarts_once_and_keeps_its_exit_code(
+    tmp_path: Path, opt_out: str | None, restarts: int
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", "LGLD_ALLOCATOR", "LGLD_NO_REEXEC")}
+    argv = [sys.executable, "-m", "lgld.training.cli", "--data", str(tmp_path / "nope"),
+            "--out", str(tmp_path / "run")]
+    if opt_out == "env":
+        env["LGLD_NO_REEXEC"] = "1"
+    elif opt_out == "flag":
+        argv.append("--no-allocator-tuning")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2  # the restarted process's exit code is the command's
+    assert sum("restarting once" in line for line in lines) == restarts
+    assert lines[-1].startswith("lgld-train: error: data folder not found")
+    assert len(lines) == 1 + restarts
+
+
+def test_throughput_table_reports_medians_and_ratios_to_the_reference_step() -> None:
+    from lgld.training.throughput import format_training, summarise
+
+    def run(ips: float, user: float, images: int = 64) -> dict:
+        return {"images_per_second": ips, "user_s": user, "sys_s": 1.0, "images": images,
+                "allocator": "x"}
+
+    table = summarise({"reference": [run(1.0, 30.0), run(3.0, 50.0), run(2.0, 40.0)],
+                       "lgld-train": [run(5.0, 10.0, 128), run(4.0, 12.0, 128),
+                                      run(9.0, 11.0, 128)]})
+    assert table["reference"]["images_per_second"] == 2.0 and table["reference"]["ratio"] == 1
+    assert table["lgld-train"]["ratio"] == pytest.approx(2.5)
+    assert table["lgld-train"]["cpu_s_per_image"] == pytest.approx(12.0 / 128)
+    text = format_training({"batch": 32, "rounds": 3, "loadavg": [1.0, 2.5],
+                            "sizes": {"224": table}})
+    assert "2.50x" in text and "load average 1.0-2.5" in text

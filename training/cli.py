@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser
+from lgld.training.allocator import OPT_OUT_FLAG, current_allocator, reexec_with_allocator
 from lgld.training.data import (
     LAYOUTS,
     DataError,
+    Split,
     discover,
     limit_per_class,
     load_split,
@@ -39,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--limit-per-class", type=int, help="use at most N images per class")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--workers", type=int, default=1, help="data-loader worker processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader worker processes (default: 0 on CPU, where the decoded "
+                   "images are in memory and the cores belong to the model; 4 on CUDA)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--color-jitter", type=float,
                    help="scale of colour/stain augmentation (default 1; 0 = geometric only)")
@@ -47,64 +51,97 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="", help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--split-file", help="reuse another run's split.json (e.g. when fine-tuning)")
     p.add_argument("--name", default="", help="data-set name for the model card/metadata")
+    p.add_argument(OPT_OUT_FLAG, action="store_true",
+                   help="keep the default memory allocator (no restart)")
+    p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     return p
 
 
-def run_training(args: argparse.Namespace) -> int:
-    from lgld.models.checkpoint import CheckpointError
-    from lgld.training.loop import TrainConfig, Trainer
-    from lgld.training.report import final_report
+class OtherRankFailed(Exception):
+    """Rank 0 reported the error already; this rank only exits."""
 
-    out = Path(args.out)
-    recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
-    if recipe.epochs < 1 or recipe.batch_size < 1:
-        raise DataError("--epochs and --batch-size must be >= 1")
-    if args.input_size < 32 or args.input_size % 16:
-        raise DataError("--input-size must be a multiple of 16, >= 32")
-    cfg = TrainConfig(
-        data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
-        variant=args.variant, seed=args.seed, device=args.device, workers=args.workers,
-        deterministic=args.deterministic, dataset_name=args.name, init=args.init,
-    )
+
+def prepare_run(args: argparse.Namespace, out: Path) -> Split:
+    """Check the run folder and make (or reuse) its split; rank 0 only, it writes split.json."""
     split_path = out / "split.json"
     if args.resume:
         if not (out / "last.pt").is_file():
             raise DataError(f"nothing to resume: {out / 'last.pt'} does not exist")
-        split = load_split(split_path)
+        return load_split(split_path)
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} already holds a run; use --resume or another --out")
+    if args.split_file:
+        split = load_split(args.split_file, root=args.data)
+        for items in split.parts.values():
+            verify_items(split.root, items)
     else:
-        if out.exists() and any(out.iterdir()):
-            raise DataError(f"{out} already holds a run; use --resume or another --out")
-        if args.split_file:
-            split = load_split(args.split_file, root=args.data)
-            for items in split.parts.values():
-                verify_items(split.root, items)
-        else:
-            found = discover(args.data, args.layout)
-            found.pool = limit_per_class(found.pool, args.limit_per_class)
-            val = args.val_fraction if args.val_fraction is not None else (
-                0.2 if found.test else 0.1)
-            split = make_split(found, val, args.test_fraction, args.seed)
-        out.mkdir(parents=True, exist_ok=True)
-        split.save(split_path)
-        counts = ", ".join(f"{k} {len(v)}" for k, v in split.parts.items())
-        print(f"{PROG}: {split.layout} layout, classes {split.classes}; split {counts}; "
-              f"{split.duplicates} byte-identical duplicate(s) kept within one split",
-              file=sys.stderr)
+        found = discover(args.data, args.layout)
+        found.pool = limit_per_class(found.pool, args.limit_per_class)
+        val = args.val_fraction if args.val_fraction is not None else (
+            0.2 if found.test else 0.1)
+        split = make_split(found, val, args.test_fraction, args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    split.save(split_path)
+    counts = ", ".join(f"{k} {len(v)}" for k, v in split.parts.items())
+    print(f"{PROG}: {split.layout} layout, classes {split.classes}; split {counts}; "
+          f"{split.duplicates} byte-identical duplicate(s) kept within one split",
+          file=sys.stderr)
+    return split
+
+
+def run_training(args: argparse.Namespace) -> int:
+    from lgld.models.checkpoint import CheckpointError
+    from lgld.training.distributed import broadcast_object, init_world
+    from lgld.training.loop import TrainConfig, Trainer, default_workers
+    from lgld.training.report import final_report
+
+    out = Path(args.out)
+    world = init_world(args.device)
+    split, error = None, None
+    if world.main:  # only rank 0 touches the run folder; the others receive its split
+        try:
+            recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
+            if recipe.epochs < 1 or recipe.batch_size < 1:
+                raise DataError("--epochs and --batch-size must be >= 1")
+            if recipe.batch_size % world.size:
+                raise DataError(f"--batch-size {recipe.batch_size} (the global batch) must be "
+                                f"a multiple of the {world.size} processes")
+            if args.input_size < 32 or args.input_size % 16:
+                raise DataError("--input-size must be a multiple of 16, >= 32")
+            split = prepare_run(args, out)
+        except (DataError, ValueError, OSError) as exc:
+            error = str(exc)
+    split, error = broadcast_object(world, (split, error))
+    if error is not None:
+        if world.main:
+            raise DataError(error)
+        raise OtherRankFailed
+    recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
+    cfg = TrainConfig(
+        data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
+        variant=args.variant, seed=args.seed, device=args.device,
+        workers=args.workers if args.workers is not None else default_workers(args.device),
+        deterministic=args.deterministic, dataset_name=args.name, init=args.init,
+    )
     try:
         trainer = Trainer(cfg, split, resume=args.resume)
     except (CheckpointError, DataError) as exc:
-        if not args.resume:  # e.g. a corrupt image: leave --out reusable for the next try
-            split_path.unlink(missing_ok=True)
+        if not args.resume and world.main:  # e.g. a corrupt image: leave --out reusable
+            (out / "split.json").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise DataError(str(exc)) from None
-    print(f"{PROG}: {trainer.model_summary()} on {trainer.device}, recipe {recipe.name} "
-          f"({recipe.epochs} epochs)", file=sys.stderr)
+    if world.main:
+        print(f"{PROG}: {trainer.model_summary()} on {trainer.device}"
+              + (f" x {world.size} processes" if world.distributed else "")
+              + f", recipe {recipe.name} ({recipe.epochs} epochs), allocator "
+              + current_allocator(), file=sys.stderr)
     try:
         trainer.fit()
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; {out / 'last.pt'} holds the last completed epoch "
-              f"(continue with --resume)", file=sys.stderr)
+        if world.main:
+            print(f"\n{PROG}: interrupted; {out / 'last.pt'} holds the last completed epoch "
+                  f"(continue with --resume)", file=sys.stderr)
         return 130
     if trainer.main:
         metrics = final_report(trainer)
@@ -114,9 +151,13 @@ def run_training(args: argparse.Namespace) -> int:
 
 
 def train_main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the real command: restart once with a faster allocator (see allocator)
+        reexec_with_allocator(PROG, sys.argv[1:])
     args = _parser().parse_args(argv)
     try:
         return run_training(args)
+    except OtherRankFailed:
+        return 2
     except (DataError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -125,6 +166,8 @@ def train_main(argv: list[str] | None = None) -> int:
 def eval_main(argv: list[str] | None = None) -> int:
     from lgld.training.evaluate import main
 
+    if argv is None and any(a.endswith(".pt") for a in sys.argv[1:]):  # torch's batched path
+        reexec_with_allocator("lgld-eval", sys.argv[1:])
     return main(argv)
 
 

@@ -26,6 +26,7 @@ from lgld.runtime.core.cliutil import OneLineParser
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
 from lgld.runtime.core.session import OnnxClassifier, softmax
+from lgld.training.allocator import OPT_OUT_FLAG
 from lgld.training.data import (
     LAYOUTS,
     DataError,
@@ -257,6 +258,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, help="inference threads (default: all cores but one)")
     p.add_argument("--limit-per-class", type=int, help="evaluate at most N images per class")
+    p.add_argument(OPT_OUT_FLAG, action="store_true",
+                   help="keep the default memory allocator (no restart; .pt models only)")
     return p
 
 

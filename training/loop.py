@@ -12,16 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lgld.models.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from lgld.models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from lgld.models.lgld_net import LGLDNet, ModelConfig, count_parameters
 from lgld.runtime.core.preprocess import PreprocessSpec
 from lgld.training.data import DataError, Split
 from lgld.training.dataset import CachedDataset, ImageCache, SeededSampler, log
+from lgld.training.distributed import (
+    all_reduce_sum,
+    broadcast_buffers,
+    broadcast_object,
+    close_world,
+    init_world,
+)
 from lgld.training.metrics import compute_metrics
 from lgld.training.recipes import Recipe
 
@@ -74,6 +80,13 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
+
+
+def default_workers(device: str) -> int:
+    """Loader processes when --workers is not given: none on CPU (a worker would take a core
+    from the model for work that is a small fraction of a step), 4 (at most the cores) on CUDA."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return min(4, os.cpu_count() or 1) if cuda else 0
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -167,12 +180,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, split: Split, resume: bool) -> None:
         self.cfg, self.split = cfg, split
         self.out = Path(cfg.out)
-        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        if self.distributed:
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
-        self.main = self.rank == 0
+        self.world = init_world(cfg.device)
+        self.distributed, self.main = self.world.distributed, self.world.main
+        if cfg.recipe.batch_size % self.world.size:
+            raise DataError(f"--batch-size {cfg.recipe.batch_size} (the global batch) must be a "
+                            f"multiple of the {self.world.size} processes")
+        self.batch_size = cfg.recipe.batch_size // self.world.size  # per process
         self.device = pick_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic)
         self.classes = split.classes
@@ -180,6 +193,8 @@ class Trainer:
             num_classes=len(self.classes), input_size=cfg.input_size, variant=cfg.variant
         )
         self.model = LGLDNet(model_cfg).to(self.device)
+        if self.distributed:  # same initial weights everywhere, but each rank its own dropout
+            torch.manual_seed(cfg.seed + self.world.rank)
         self.spec = PreprocessSpec(input_size=cfg.input_size)
         r = cfg.recipe
         groups = param_groups(self.model, r.weight_decay)
@@ -195,18 +210,28 @@ class Trainer:
                 raise DataError(f"--init {cfg.init} is variant {init.config.variant!r}, "
                                 f"this run trains {cfg.variant!r}")
             load_weights(self.model, init.state_dict)
-            log(f"initialised from {cfg.init}")
+            if self.main:
+                log(f"initialised from {cfg.init}")
         if resume:
             self._resume()
         self.ddp_model = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        log(f"loading {sum(len(v) for v in split.parts.values())} images into memory ...")
+        if self.main:
+            log(f"loading {sum(len(v) for v in split.parts.values())} images into memory ...")
         self.caches = {k: ImageCache(split.root, v, self.classes) for k, v in split.parts.items()}
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.out / "last.pt", expect_classes=self.classes)
+        ckpt, error = None, None
+        if self.main:  # rank 0 reads last.pt; the other ranks get it from rank 0
+            try:
+                ckpt = load_checkpoint(self.out / "last.pt", expect_classes=self.classes)
+            except CheckpointError as exc:
+                error = str(exc)
+        ckpt, error = broadcast_object(self.world, (ckpt, error))
+        if error is not None:
+            raise CheckpointError(error)
         state = ckpt.extra
         if not same_run(state.get("run") or {}, self.cfg.identity()):
             raise DataError(f"{self.out} holds a run with different settings; use another --out")
@@ -220,7 +245,8 @@ class Trainer:
         self.best_f1 = float(state["best_f1"])
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["torch_rng"])
-        log(f"resuming {self.out} after epoch {self.start_epoch}")
+        if self.main:
+            log(f"resuming {self.out} after epoch {self.start_epoch}")
 
     def _loader(
         self, part: str, size: int, train: bool, epoch: int = 0, augment: bool = True
@@ -230,18 +256,19 @@ class Trainer:
         ds = CachedDataset(self.caches[part], spec,
                            train=train and augment and self.cfg.recipe.augment,
                            color=self.cfg.recipe.color_jitter)
-        sampler = SeededSampler(
-            len(ds), self.cfg.seed, shuffle=train, rank=self.rank if train else 0,
-            world=self.world if train else 1, pad=train,
+        sampler = SeededSampler(  # DistributedSampler's sharding, plus augmentation seeds
+            len(ds), self.cfg.seed, shuffle=train, rank=self.world.rank if train else 0,
+            world=self.world.size if train else 1, pad=train,
         )
         sampler.set_epoch(epoch)
+        batch = self.batch_size if train else self.cfg.recipe.batch_size
         return DataLoader(
             ds,
-            batch_size=self.cfg.recipe.batch_size,
+            batch_size=batch,
             sampler=sampler,
             num_workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=train and len(ds) > self.cfg.recipe.batch_size,
+            drop_last=train and len(sampler) > batch,
             persistent_workers=False,
         )
 
@@ -307,19 +334,23 @@ class Trainer:
                 seen += len(y)
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
             bar.close()
+            loss_sum, correct, seen = all_reduce_sum(
+                self.world, [loss_sum, correct, seen], self.device)
             if not self.main:
+                broadcast_buffers(self.world, self.model)  # waits for rank 0's validation
                 continue
             self.model.eval()
             clean = self._loader("train", size, train=True, epoch=epoch, augment=False)
             recalibrate_bn(self.model, clean,
                            self.device, max_batches=BN_BATCHES)
+            broadcast_buffers(self.world, self.model)  # one set of BN statistics on every rank
             y_val, p_val, val_loss = predict(self.model, self._loader("val", size, False),
                                              self.device)
             m = compute_metrics(y_val, p_val, self.classes)
             entry = {
                 "epoch": epoch + 1, "input_size": size,
                 "train_loss": round(loss_sum / max(1, seen), 5),
-                "train_accuracy": round(correct / max(1, seen), 5),
+                "train_accuracy": round(correct / max(1, seen), 5), "train_images": int(seen),
                 "val_loss": round(val_loss, 5), "val_accuracy": round(m["accuracy"], 5),
                 "val_macro_f1": round(m["macro_f1"], 5),
                 "lr": self.opt.param_groups[0]["lr"],
@@ -341,9 +372,7 @@ class Trainer:
                 f"  {entry['seconds']:.0f}s ({entry['images_per_second']:.1f} img/s)"
                 + ("  * best" if improved else "")
             )
-        if self.distributed:
-            dist.barrier()
-            dist.destroy_process_group()
+        close_world(self.world)
 
     def model_summary(self) -> str:
         return f"LGLD-Net {self.cfg.variant}, {count_parameters(self.model):,} parameters"

@@ -26,6 +26,7 @@ from lgld.export.bench.report import format_table
 from lgld.export.bench.rss import format_rss, rss_check
 from lgld.export.bench.study import format_study, run_study
 from lgld.export.bench.table import run_table, run_table_isolated
+from lgld.export.bench.train import add_train_arguments, run_train
 from lgld.runtime.core.cliutil import run_cli
 from lgld.runtime.core.session import default_threads
 from lgld.runtime.core.zoo import resolve_model
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run lgld-run --source demo --frames N and check its resident memory "
                    "(0 = off; the issue's check is 10000)")
     p.add_argument("--json", metavar="OUT", help="write everything measured to this JSON file")
+    add_train_arguments(p)
     return p
 
 
@@ -162,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError(str(exc)) from None
     check_args(args)
     report: dict[str, Any] = {"tool": PROG, "machine": machine_info()}
+    if args.train:
+        report["training"] = run_train(args)
+        return write_report(report, args)
     with tempfile.TemporaryDirectory(prefix="lgld-bench-") as tmpdir:
         tmp = Path(tmpdir)
         m = prepare_models(args, tmp)
@@ -186,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
         if args.rss_frames:
             report["rss"] = rss_check(m.onnx_path, args.rss_frames, threads[0])
             print(format_rss(report["rss"]))
+    return write_report(report, args)
+
+
+def write_report(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """Add the end load average; write --json if asked."""
     report["machine"]["loadavg_end"] = loadavg()
     if args.json:
         try:

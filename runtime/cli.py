@@ -25,6 +25,11 @@ from typing import Any
 
 import cv2
 
+from lgld.runtime.cells.crops import check_white_cell_model
+from lgld.runtime.cells.detect import DetectorSettings
+from lgld.runtime.cells.session import CountSession
+from lgld.runtime.cells.stage import CellStage
+from lgld.runtime.cells.track import TrackerSettings
 from lgld.runtime.config import (
     ConfigError,
     RunConfig,
@@ -34,6 +39,7 @@ from lgld.runtime.config import (
     parse_roi,
     to_toml,
 )
+from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
@@ -58,6 +64,7 @@ examples:
   lgld-run --source demo --http 8080          live demo, open http://127.0.0.1:8080/
   lgld-run --model wbc5 --mode roi --http 8080 --log /var/lib/lgld/results.jsonl
   lgld-run --source images:slides/ --log out.jsonl     classify every image once
+  lgld-run --model wbc5 --mode cells --source demo:cells --http 8080   differential count
   lgld-run --print-config > lgld.toml                  then: lgld-run --config lgld.toml
   lgld-run --check                                     doctor: camera, model, log, port
 
@@ -87,10 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--source",
         metavar="SPEC",
-        help="auto | picamera2[:N] | camera:N | video:PATH | images:DIR_OR_GLOB | demo[:all|:wbc] "
-        "| stream URL (default: auto = Pi camera, else camera 0, else an error)",
+        help="auto | picamera2[:N] | camera:N | video:PATH | images:DIR_OR_GLOB "
+        "| demo[:all|:wbc|:cells] | stream URL (default: auto = Pi camera, else camera 0, "
+        "else an error)",
     )
-    p.add_argument("--mode", choices=("field", "roi"), help="classify the field of view or a ROI")
+    p.add_argument("--mode", choices=("field", "roi", "cells"),
+                   help="classify the field of view, a ROI, or find, classify and count every "
+                   "white cell (cells: a WBC5 model, see docs/cells.md)")
+    p.add_argument("--new-session", dest="resume_count", action="store_const", const=False,
+                   help="cells mode: start a new differential count instead of continuing the "
+                   "last one found in the log")
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
@@ -119,6 +132,7 @@ _FLAG_FIELDS = {
     "threads": ("model", "threads"),
     "precision": ("model", "precision"),
     "preview": ("display", "preview"),
+    "resume_count": ("cells", "resume"),
 }
 
 
@@ -175,6 +189,11 @@ class _StopSignals:
 
 
 def _print_batch_line(result: Result) -> None:
+    if result.cells is not None:
+        found = ", ".join(f"{c['class']} {c['confidence']:.2f}" + (
+            "" if c["state"] == "ok" else f" ({c['state']})") for c in result.cells)
+        print(f"{result.name}\t{len(result.cells)} cells\t{found}", flush=True)
+        return
     label = result.label or "-"
     conf = f"{result.confidence:.3f}" if result.confidence is not None else "-"
     print(f"{result.name}\t{label}\t{conf}\t{result.state}", flush=True)
@@ -205,7 +224,13 @@ def run(cfg: RunConfig) -> int:
         classifier = OnnxClassifier(choice.path, threads=threads)
     except ModelLoadError as exc:
         return _error(EXIT_MODEL, exc)
+    if cfg.inference.mode == "cells":
+        try:
+            check_white_cell_model(classifier.classes)
+        except ValueError as exc:
+            return _error(EXIT_USAGE, exc)
     result_log = server = source = preview = None
+    cells: CountSession | None = None
     stop = threading.Event()
     notifier = Notifier()
     pipeline: Pipeline | None = None
@@ -218,7 +243,7 @@ def run(cfg: RunConfig) -> int:
                 if cfg.http.listen:
                     server = HttpServer(*parse_listen(cfg.http.listen))
                     _warn_if_exposed(server.host, server.port, token)
-                scene = "wbc" if cfg.inference.mode == "roi" else "all"
+                scene = {"roi": "wbc", "cells": "cells"}.get(cfg.inference.mode, "all")
                 source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
             except (ResultLogError, ServerError, SourceError) as exc:
                 return _error(_exit_code(exc), exc)
@@ -229,8 +254,10 @@ def run(cfg: RunConfig) -> int:
                 source.skip_listeners.append(_print_skip_line)
                 if result_log is not None:
                     source.skip_listeners.append(_skip_logger(result_log, source.name))
+            if cfg.inference.mode == "cells":
+                cells = _count_session(cfg, classifier, result_log, tracking=not source.batch)
             pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
-                                classifier.info.name, listeners)
+                                classifier.info.name, listeners, cells)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
                 server.start(App(
@@ -265,6 +292,10 @@ def run(cfg: RunConfig) -> int:
             pipeline.join(cfg.source.timeout_s + 3.0)
         elif source is not None:
             source.close()
+        if cells is not None:
+            with suppress(Exception):
+                log.info("count session %s: %s", cells.id, _count_line(cells.count()))
+                cells.end()
         for resource in (server, preview, result_log):
             if resource is not None:
                 with suppress(Exception):
@@ -279,6 +310,28 @@ def run(cfg: RunConfig) -> int:
     if pipeline.batch and pipeline.stats.results == 0:
         return _error(EXIT_SOURCE, f"no image could be read ({skipped} skipped, see above)")
     return EXIT_OK
+
+
+def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: ResultLog | None,
+                   tracking: bool) -> CountSession:
+    """Cell mode's stage and count session; resumes the log's last session when asked."""
+    c = cfg.cells
+    stage = CellStage(classifier, DetectorSettings.from_config(c),
+                      TrackerSettings.from_config(c), c.target, tracking)
+    info = classifier.info
+    model = {"name": info.name, "path": str(classifier.path),
+             "sha256": file_sha256(classifier.path), "precision": info.quantization,
+             "classes": list(classifier.classes)}
+    session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
+                           cfg.http.snapshot_dir or None, cfg.log.path or None)
+    if not (tracking and c.resume and result_log and session.resume(result_log.path)):
+        session.start()
+    return session
+
+
+def _count_line(count: dict[str, Any]) -> str:
+    parts = [f"{k} {v} ({count['percent'][k]:.0f}%)" for k, v in count["counts"].items() if v]
+    return f"{count['total']}/{count['target']} cells" + (": " + ", ".join(parts) if parts else "")
 
 
 def _message(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ class SourceSection:
     input: str = _f(
         "auto",
         "auto | picamera2 | picamera2:N | camera:N | video:PATH | images:DIR_OR_GLOB | demo\n"
-        "| demo:all | demo:wbc | a network stream URL (rtsp://..., http://...).\n"
+        "| demo:all | demo:wbc | demo:cells | a network stream URL (rtsp://..., http://...).\n"
         "auto = the Raspberry Pi camera, else USB camera 0, else an error (never the demo).",
     )
     width: int = _f(1280, "Display (main stream) width in pixels.")
@@ -69,7 +69,8 @@ class InferenceSection:
     """[inference]: what part of the frame is classified."""
 
     mode: str = _f("field", "field: classify the field of view (the ALL model is trained on whole\n"
-                            "fields); roi: classify a square region, put one cell in it (WBC5).")
+                            "fields); roi: classify a square region, put one cell in it (WBC5);\n"
+                            "cells: find, classify and count every white cell (WBC5, [cells]).")
     field_crop: str = _f("square", "field mode: square = the largest centred square (cells keep\n"
                                    "their shape); full = the whole frame, squashed to a square.")
     roi: list[int] = _f([], "roi mode: [x, y, w, h] in display pixels; [] = a centred square.")
@@ -92,6 +93,40 @@ class TrustSection:
     bright_level: int = _f(250, "Grey level at or above which a pixel counts as clipped.")
     max_dark_fraction: float = _f(0.5, "More dark pixels than this fraction = 'too dark'.")
     max_bright_fraction: float = _f(0.5, "More clipped pixels than this fraction = 'too bright'.")
+
+
+@dataclass
+class CellsSection:
+    """[cells]: cell mode (--mode cells): white-cell detection, tracking, differential count."""
+
+    diameter_px: str = _f("120,330", "White-cell diameter range MIN,MAX in frame pixels (120,330\n"
+                                     "suits 640x480 at 100x), or auto: measured on the red cells.")
+    max_cells: int = _f(24, "At most this many cells per frame (the largest); more = a warning.")
+    nucleus_low: float = _f(0.30, "Nucleus stain (optical density unmixed, relative to the\n"
+                                  "background) at which a pixel may belong to a nucleus ...")
+    nucleus_high: float = _f(0.50, "... and which a nucleus must reach somewhere.")
+    min_frames: int = _f(5, "A tracked cell is counted once, after it was seen whole in this many\n"
+                            "classified frames.")
+    min_confidence: float = _f(0.6, "Mean class probability below which a counted cell is\n"
+                                    "'unclassified' (and a shown one 'uncertain').")
+    max_speed: float = _f(0.5, "Fastest stage movement, in frame widths per second (motion gate).")
+    max_missed: int = _f(8, "A track ends after this many frames without its cell.")
+    target: int = _f(100, "Cells per differential count (100 or 200); then 'count complete'.")
+    sample: str = _f("", "Free-text label of the sample, written with each count session.")
+    resume: bool = _f(True, "On start, continue the last count session found in the log.")
+
+    def diameter_range(self) -> tuple[float, float] | None:
+        """(MIN, MAX) in pixels, or None for auto; ConfigError when malformed."""
+        text = self.diameter_px.strip().lower()
+        if text == "auto":
+            return None
+        try:
+            lo, hi = (float(v) for v in text.replace(" ", "").split(","))
+        except ValueError:
+            raise ConfigError(f"cells.diameter_px must be MIN,MAX or auto, not {text!r}") from None
+        if not 4 <= lo <= hi:
+            raise ConfigError("cells.diameter_px needs 4 <= MIN <= MAX")
+        return lo, hi
 
 
 @dataclass
@@ -148,6 +183,7 @@ class RunConfig:
     http: HttpSection = field(default_factory=HttpSection)
     log: LogSection = field(default_factory=LogSection)
     display: DisplaySection = field(default_factory=DisplaySection)
+    cells: CellsSection = field(default_factory=CellsSection)
 
     def validate(self) -> RunConfig:
         """Raise ConfigError for the first invalid value; return self."""
@@ -166,7 +202,17 @@ class RunConfig:
                f"model.threads must be 0 (automatic) to {max_threads()}")
         _check(self.model.precision in ("auto", "fp32", "int8"),
                f"model.precision must be auto, fp32 or int8, not {self.model.precision!r}")
-        _check(i.mode in ("field", "roi"), f"inference.mode must be field or roi, not {i.mode!r}")
+        _check(i.mode in ("field", "roi", "cells"),
+               f"inference.mode must be field, roi or cells, not {i.mode!r}")
+        c = self.cells
+        c.diameter_range()
+        _check(c.max_cells >= 1, "cells.max_cells must be >= 1")
+        _check(0 < c.nucleus_low <= c.nucleus_high, "need 0 < cells.nucleus_low <= nucleus_high")
+        _check(c.min_frames >= 1, "cells.min_frames must be >= 1")
+        _check(0 <= c.min_confidence <= 1, "cells.min_confidence must be in [0, 1]")
+        _check(c.max_speed > 0, "cells.max_speed must be > 0")
+        _check(c.max_missed >= 0, "cells.max_missed must be >= 0")
+        _check(c.target >= 1, "cells.target must be >= 1")
         _check(i.field_crop in ("square", "full"), "inference.field_crop must be square or full")
         _check(len(i.roi) in (0, 4), "inference.roi must be [] or [x, y, w, h]")
         if i.roi:

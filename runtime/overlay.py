@@ -5,11 +5,17 @@ smoothed confidence, the instant (this frame) verdict beside it, and the top-3 c
 (smoothed) with a tick for the instant probability. Bottom: model, mode, camera and inference
 FPS, latency and dropped frames; a camera outage is shown in red. The classified region is
 outlined (always in roi mode; in field mode when it is not the whole frame).
+
+Cell mode: a box per white cell coloured by its class, with the class and confidence (dimmed
+and dashed-grey when the cell is cut by the border and not counted; amber while uncertain),
+and instead of the verdict the count panel: counts and percentages per class and the progress
+to the target ("COUNT COMPLETE" when reached).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +30,11 @@ AMBER = (0, 190, 255)
 RED = (60, 60, 235)
 WHITE = (255, 255, 255)
 GREY = (170, 170, 170)
+#: Cell mode: one colour per white-cell class (BGR); other classes are drawn in white.
+CLASS_COLOURS = {
+    "Basophil": (180, 60, 150), "Eosinophil": (60, 120, 240), "Lymphocyte": (230, 170, 40),
+    "Monocyte": (60, 200, 120), "Neutrophil": (200, 200, 60), "unclassified": AMBER,
+}
 
 
 @dataclass
@@ -38,6 +49,7 @@ class OverlayInfo:
     e2e_ms: float = 0.0
     dropped: int = 0
     camera_message: str = ""
+    cell_count: dict[str, Any] | None = None  # cell mode: the differential count
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> OverlayInfo:
@@ -50,6 +62,7 @@ class OverlayInfo:
             e2e_ms=snap.e2e_ms,
             dropped=snap.dropped,
             camera_message="" if snap.camera_ok else snap.camera_message,
+            cell_count=snap.cell_count,
         )
 
 
@@ -91,6 +104,11 @@ def draw_overlay(
         box_colour = colour if info.mode == "roi" else GREY
         cv2.rectangle(img, (x, y), (x + rw - 1, y + rh - 1), box_colour,
                       max(1, round((3 if info.mode == "roi" else 1) * s)), cv2.LINE_AA)
+
+    if result is not None and result.cells is not None or info.cell_count is not None:
+        _draw_cells(img, result, info, s, thick)
+        _status_bar(img, info, s, thick)
+        return img
 
     # the verdict panel
     pad = round(12 * s)
@@ -141,7 +159,13 @@ def draw_overlay(
             _text(img, f"{100 * p:.0f}%", (bx + bar_w + round(8 * s), y), 0.6 * s, WHITE,
                   max(1, thick - 1))
 
-    # the status bar
+    _status_bar(img, info, s, thick)
+    return img
+
+
+def _status_bar(img: np.ndarray, info: OverlayInfo, s: float, thick: int) -> None:
+    h, w = img.shape[:2]
+    pad = round(12 * s)
     bar_h = round(34 * s)
     _shade(img, 0, h - bar_h, w, h, 0.6)
     status = (
@@ -154,4 +178,62 @@ def draw_overlay(
         _shade(img, 0, h - 2 * bar_h, w, h - bar_h, 0.75)
         _text(img, f"CAMERA: {info.camera_message}"[:90], (pad, h - bar_h - round(11 * s)),
               0.6 * s, RED, max(1, thick - 1))
-    return img
+
+
+def _draw_cells(img: np.ndarray, result: Result | None, info: OverlayInfo, s: float,
+                thick: int) -> None:
+    """Cell boxes with labels, then the count panel."""
+    for cell in (result.cells or []) if result is not None else []:
+        x0, y0, x1, y1 = cell["box"]
+        state, label = cell["state"], cell.get("class")
+        colour = CLASS_COLOURS.get(label or "", WHITE)
+        if state == "partial":
+            colour = GREY
+        elif state == "uncertain":
+            colour = AMBER
+        if state == "partial":  # dimmed: drawn thin and translucent
+            layer = img.copy()
+            cv2.rectangle(layer, (x0, y0), (x1 - 1, y1 - 1), colour, max(1, thick - 1),
+                          cv2.LINE_AA)
+            cv2.addWeighted(layer, 0.5, img, 0.5, 0, dst=img)
+            continue
+        cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, thick + 1, cv2.LINE_AA)
+        text = f"{label or '?'} {100 * cell.get('confidence', 0):.0f}%"
+        if cell.get("counted"):
+            text += " *"
+        (tw, th), _ = cv2.getTextSize(text, FONT, 0.55 * s, max(1, thick - 1))
+        ty = y0 - round(6 * s) if y0 > th + round(12 * s) else y0 + th + round(8 * s)
+        _shade(img, x0, ty - th - round(5 * s), x0 + tw + round(8 * s), ty + round(5 * s), 0.6)
+        _text(img, text, (x0 + round(4 * s), ty), 0.55 * s, colour, max(1, thick - 1))
+
+    count = info.cell_count
+    if count is None:
+        return
+    pad = round(12 * s)
+    line = round(26 * s)
+    classes = [k for k in count["counts"] if k != "unclassified"] + ["unclassified"]
+    panel_w = min(img.shape[1] - 2 * pad, round(330 * s))
+    panel_h = pad * 2 + round(40 * s) + line * (len(classes) + 1)
+    _shade(img, pad, pad, pad + panel_w, pad + panel_h, 0.6)
+    x0, y = pad * 2, pad + round(34 * s)
+    total, target = count["total"], count["target"]
+    head = "COUNT COMPLETE" if count["complete"] else "Differential count"
+    _text(img, f"{head}  {total}/{target}", (x0, y), 0.75 * s,
+          GREEN if count["complete"] else WHITE, thick)
+    y += round(12 * s)
+    bar_w = panel_w - 2 * pad
+    cv2.rectangle(img, (x0, y), (x0 + bar_w, y + round(10 * s)), GREY, 1)
+    fill = round(bar_w * min(1.0, total / max(1, target)))
+    if fill:
+        cv2.rectangle(img, (x0, y), (x0 + fill, y + round(10 * s)),
+                      GREEN if count["complete"] else (200, 160, 90), -1)
+    y += round(12 * s)
+    for cls in classes:
+        y += line
+        colour = CLASS_COLOURS.get(cls, WHITE)
+        cv2.rectangle(img, (x0, y - round(12 * s)), (x0 + round(12 * s), y), colour, -1)
+        _text(img, cls[:14], (x0 + round(20 * s), y), 0.55 * s, WHITE, max(1, thick - 1))
+        _text(img, f"{count['counts'].get(cls, 0):>3}", (x0 + round(185 * s), y), 0.55 * s,
+              WHITE, max(1, thick - 1))
+        _text(img, f"{count['percent'].get(cls, 0.0):5.1f}%", (x0 + round(235 * s), y),
+              0.55 * s, WHITE, max(1, thick - 1))

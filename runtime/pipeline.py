@@ -10,6 +10,8 @@
   pipeline's result rate stays close to the model's own (``lgld-bench`` row 4).
 * Display and streaming read :class:`FrameHub`, which is updated at camera rate and holds the
   latest frame and the latest result, so a viewer sees every frame with the last result on it.
+  Cell mode publishes the classified frames instead, so that each cell's box is drawn on the
+  frame it was found in, never on a later one where the stage has moved the cell away.
 * Batch sources (a folder of images) use the slot losslessly: each image is classified once.
 * A live source that stops delivering (:class:`CameraLost`) is closed and reopened with
   exponential backoff; the outage is reported on stderr, in the overlay, /healthz and /metrics.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -27,12 +30,22 @@ from typing import Any
 
 import numpy as np
 
+from lgld.runtime.cells.session import CountSession
 from lgld.runtime.config import InferenceSection, RunConfig, SourceSection, TrustSection
 from lgld.runtime.geometry import Region, crop_region, model_region
 from lgld.runtime.results import Result
 from lgld.runtime.sources import CameraLost, Frame, Source
 from lgld.runtime.stats import Snapshot, Stats
-from lgld.runtime.trust import INVALID_OUTPUT, OK, Quality, Smoother, assess, decide
+from lgld.runtime.trust import (
+    INVALID_OUTPUT,
+    OK,
+    TOO_BRIGHT,
+    TOO_DARK,
+    Quality,
+    Smoother,
+    assess,
+    decide,
+)
 
 log = logging.getLogger("lgld.runtime")
 
@@ -82,6 +95,16 @@ class LatestSlot:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def waiting(self) -> bool:
+        """An item is in the slot that the worker has not taken yet."""
+        return self._item is not None
+
+    def skip(self) -> None:
+        """Count an item that was never offered (dropped before its preparation)."""
+        with self._cond:
+            self.dropped += 1
+
 
 # ---------------------------------------------------------------------------------------------
 # What the capture thread hands to the inference thread
@@ -96,6 +119,7 @@ class Prepared:
     quality: Quality
     batch: np.ndarray | None  # the model input; None when the quality gate rejected the frame
     seconds: float  # time spent on the gate and preprocessing
+    cells: Any = None  # cell mode: the detected cells and their crops (cells.stage.CellInput)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +202,10 @@ class Pipeline:
         settings: PipelineSettings,
         model_name: str = "lgld",
         listeners: list[Callable[[Result], None]] | None = None,
+        cells: CountSession | None = None,
     ) -> None:
         self.source = source
+        self.cells = cells  # cell mode: detection, tracking and the differential count
         self.classifier = classifier
         self.classes: list[str] = list(classifier.classes)
         self.settings = settings
@@ -233,6 +259,8 @@ class Pipeline:
 
     def region_for(self, shape: tuple[int, ...]) -> Region:
         s = self.settings
+        if s.mode == "cells":
+            return 0, 0, shape[1], shape[0]
         return model_region(shape, s.mode, s.field_crop, s.roi, s.roi_size)
 
     def _fail(self, exc: BaseException) -> None:
@@ -260,7 +288,13 @@ class Pipeline:
                 self.stats.frames += 1
                 self.stats.last_frame_mono = frame.mono
                 self.stats.camera_fps.tick(frame.mono)
-                self.hub.publish_frame(frame)
+                if self.cells is None:  # cell mode shows the classified frames (see below)
+                    self.hub.publish_frame(frame)
+                if self.cells is not None and not self.batch and self.slot.waiting:
+                    # cell mode: detection and crops cost ~10 ms; a frame prepared while the
+                    # last one still waits would only replace it, so it is shown, not prepared
+                    self.slot.skip()
+                    continue
                 if not self.slot.put(self.prepare(frame)):
                     break
         except Exception as exc:  # SourceError and anything unexpected
@@ -303,6 +337,8 @@ class Pipeline:
                     continue
                 result = self.classify(prepared)
                 self.hub.publish_result(result)
+                if self.cells is not None:  # boxes drawn on their own frame, never on a later one
+                    self.hub.publish_frame(prepared.frame)
                 for listener in self.listeners:
                     listener(result)
                 self._results += 1
@@ -323,6 +359,12 @@ class Pipeline:
         region = self.region_for(frame.image.shape)
         crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
         quality = assess(crop, self.settings.trust)
+        if self.cells is not None:  # a sparse field is no focus measure: exposure only
+            cells = None
+            if quality.state not in (TOO_DARK, TOO_BRIGHT):
+                quality = dataclasses.replace(quality, state=OK)
+                cells = self.cells.stage.prepare(frame.image)
+            return Prepared(frame, region, quality, None, time.perf_counter() - t0, cells)
         batch = self.classifier.prepare([crop]) if quality.state == OK else None
         return Prepared(frame, region, quality, batch, time.perf_counter() - t0)
 
@@ -345,7 +387,17 @@ class Pipeline:
         probabilities: dict[str, float] = {}
         instant: dict[str, float] = {}
         label, confidence = None, None
-        if prepared.batch is None:
+        cells: list[dict[str, Any]] | None = None
+        timing: dict[str, float] = {}
+        if self.cells is not None:
+            state = quality.state
+            cells = []
+            if prepared.cells is not None:
+                found = self.cells.process(prepared.cells, frame.image, frame.mono, frame.index)
+                cells = found.cells
+                timing = {"detect_ms": round(found.detect_ms, 2),
+                          "classify_ms": round(found.classify_ms, 2)}
+        elif prepared.batch is None:
             self.smoother.reset()
             state = quality.state
         else:
@@ -389,6 +441,9 @@ class Pipeline:
             region=prepared.region,
             window=len(self.smoother),
             name=frame.name,
+            cells=cells,
+            session=None if self.cells is None else self.cells.id,
+            timing=timing,
         )
 
     # -- reporting -----------------------------------------------------------------------------
@@ -397,4 +452,5 @@ class Pipeline:
         """The run's counters, rates and latest result now (see lgld.runtime.stats)."""
         _, _, result = self.hub.latest()
         return self.stats.snapshot(self.model_name, self.source.name, self.settings.mode,
-                                   self.slot.dropped, result)
+                                   self.slot.dropped, result,
+                                   None if self.cells is None else self.cells.count())

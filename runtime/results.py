@@ -48,6 +48,9 @@ class Result:
     region: Region
     window: int  # frames in the smoothing window
     name: str | None = None
+    cells: list[dict[str, Any]] | None = None  # cell mode: every cell of the frame
+    session: str | None = None  # cell mode: the count session
+    timing: dict[str, float] | None = None  # cell mode: detect_ms, classify_ms
 
     def top(self, k: int = 3) -> list[tuple[str, float, float]]:
         """[(class, smoothed, instant)] for the k most probable (smoothed) classes."""
@@ -86,6 +89,9 @@ class Result:
         }
         if self.name is not None:
             record["file"] = self.name
+        if self.cells is not None:  # cell mode: a "frame" event (docs/cells.md)
+            record.update(event="frame", time=record["ts"], session=self.session,
+                          cells=self.cells, **(self.timing or {}))
         return record
 
 

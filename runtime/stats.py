@@ -41,7 +41,7 @@ class Stats:
         return time.monotonic() - self.started
 
     def snapshot(self, model: str, source: str, mode: str, dropped: int,
-                 result: Result | None) -> Snapshot:
+                 result: Result | None, cell_count: dict[str, Any] | None = None) -> Snapshot:
         """The counters and rates now, with what they are about."""
         return Snapshot(
             model=model, source=source, mode=mode, result=result,
@@ -50,7 +50,7 @@ class Stats:
             latency_ms=self.last_latency_ms, e2e_ms=self.last_e2e_ms,
             camera_ok=self.camera_ok, camera_message=self.camera_message,
             reconnects=self.reconnects, states=dict(self.states), classes=dict(self.classes),
-            latency=self.latency.cumulative(),
+            latency=self.latency.cumulative(), cell_count=cell_count,
         )
 
 
@@ -76,6 +76,7 @@ class Snapshot:
     states: dict[str, int]
     classes: dict[str, int]
     latency: tuple[list[tuple[str, int]], float, int]  # Histogram.cumulative()
+    cell_count: dict[str, Any] | None = None  # cell mode: CountSession.count()
 
     def counts(self) -> dict[str, Any]:
         """Counts and rates (the ``stats`` object of /api/latest)."""
@@ -139,6 +140,15 @@ class Snapshot:
                [("", 1 if self.camera_ok else 0)])
         metric("lgld_camera_reconnects_total", "counter", "Successful camera reconnections.",
                [("", self.reconnects)])
+        if self.cell_count is not None:
+            c = self.cell_count
+            metric("lgld_cells_counted_total", "counter",
+                   "White cells counted in the current count session, by class.",
+                   [(f'{{class="{_label(k)}"}}', v) for k, v in c["counts"].items()])
+            metric("lgld_cells_count_target", "gauge", "Cells per differential count.",
+                   [("", c["target"])])
+            metric("lgld_cells_count_complete", "gauge", "1 when the count reached its target.",
+                   [("", 1 if c["complete"] else 0)])
         buckets, total, count = self.latency
         name = "lgld_inference_latency_seconds"
         out.append(f"# HELP {name} Quality check, preprocessing and inference time per frame.")

@@ -28,7 +28,7 @@ from lgld.export.bench.study import format_study, run_study
 from lgld.export.bench.table import run_table, run_table_isolated
 from lgld.export.bench.train import add_train_arguments, run_train
 from lgld.runtime.core.cliutil import run_cli
-from lgld.runtime.core.session import default_threads
+from lgld.runtime.core.session import OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 
 PROG = "lgld-bench"
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rss-frames", type=int, default=0, metavar="N",
                    help="run lgld-run --source demo --frames N and check its resident memory "
                    "(0 = off; the issue's check is 10000)")
+    p.add_argument("--cells", type=float, default=0.0, metavar="SECONDS",
+                   help="cell-mode row: detection ms and the cell-mode pipeline with 3 cells "
+                   "per frame for SECONDS (a white-cell model, e.g. --model wbc5; 0 = skip)")
     p.add_argument("--json", metavar="OUT", help="write everything measured to this JSON file")
     add_train_arguments(p)
     return p
@@ -191,6 +194,12 @@ def run(args: argparse.Namespace) -> int:
         if args.rss_frames:
             report["rss"] = rss_check(m.onnx_path, args.rss_frames, threads[0])
             print(format_rss(report["rss"]))
+        if args.cells:
+            from lgld.export.bench.cells_row import format_cells, run_cells
+
+            clf = OnnxClassifier(m.onnx_path, threads=threads[0])
+            report["cells"] = run_cells(clf, args.cells, args.warmup, args.repeats)
+            print(format_cells(report["cells"], m.onnx_path.name), flush=True)
     return write_report(report, args)
 
 

@@ -37,7 +37,7 @@ NOISE_SIGMA = 3.0
 def load_tiles(scene: str) -> list[np.ndarray]:
     """The bundled images of a scene as square BGR tiles."""
     if scene not in SCENES:
-        raise SourceError(f"unknown demo scene {scene!r}: use demo:all or demo:wbc")
+        raise SourceError(f"unknown demo scene {scene!r}: use demo:all, demo:wbc or demo:cells")
     pattern, tile, _ = SCENES[scene]
     files = sorted(ASSETS.glob(pattern))
     if not files:
@@ -92,7 +92,7 @@ class DemoSource(Source):
     ) -> None:
         super().__init__()
         if scene not in SCENES:
-            raise SourceError(f"unknown demo scene {scene!r}: use demo:all or demo:wbc")
+            raise SourceError(f"unknown demo scene {scene!r}: use demo:all, demo:wbc or demo:cells")
         self.scene = scene
         self.name = f"demo:{scene}"
         self.size = (int(size[0]), int(size[1]))

@@ -1,7 +1,7 @@
 """The source spec grammar, in one place: parse it, make a source from it, probe it.
 
 Specs: ``auto``, ``picamera2[:N]``, ``camera:N``, ``video:PATH``, ``images:DIR_OR_GLOB``,
-``demo[:all|:wbc]`` or a stream URL (anything with ``://``). ``auto`` = the Raspberry Pi
+``demo[:all|:wbc|:cells]`` or a stream URL (anything with ``://``). ``auto`` = the Raspberry Pi
 camera, else camera 0, else :class:`CameraNotFound` (never the demo). A new backend gets a
 module in this package and one entry in :func:`parse_spec`, :func:`make_source` and
 :func:`probe`.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lgld.runtime.config import InferenceSection, SourceSection
-from lgld.runtime.sources import demo, images, opencv, picamera
+from lgld.runtime.sources import demo, demo_cells, images, opencv, picamera
 from lgld.runtime.sources.base import NO_CAMERA, CameraNotFound, Source, SourceError
 
 KINDS = ("auto", "stream", "picamera2", "camera", "video", "images", "demo")
@@ -80,6 +80,8 @@ def make_source(
                                    timeout_s=cfg.timeout_s)
     if s.kind == "images":
         return images.ImageFolderSource(s.arg, cfg.max_image_pixels)
+    if s.kind == "demo" and (s.arg or scene_hint) == "cells":
+        return demo_cells.DemoCellsSource(size=size, fps=cfg.fps)
     if s.kind == "demo":
         return demo.DemoSource(scene=s.arg or scene_hint, size=size, fps=cfg.fps,
                                roi_size=roi_size)
@@ -142,4 +144,6 @@ def probe(spec: str, scene_hint: str = "all") -> tuple[bool | None, str]:
         return opencv.probe_video(s.arg)
     if s.kind == "images":
         return images.probe(s.arg)
+    if (s.arg or scene_hint) == "cells":
+        return demo_cells.probe()
     return demo.probe(s.arg or scene_hint)

@@ -8,6 +8,9 @@
 * ``/api/latest``        the latest result plus counts and rates (JSON)
 * ``/healthz``           200 while frames arrive and inference runs, else 503
 * ``/metrics``           Prometheus text format (version 0.0.4)
+* ``/api/count``         cell mode: the differential count (counts, %, target, session)
+* ``POST /api/count/reset``  cell mode: end the count session and start a new, empty one
+* ``POST /api/session``  cell mode: the same, with ``{"sample": "label"}`` as the JSON body
 
 A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
 It needs no checks of its own: every request passes the access checks (:mod:`guard`: Host,
@@ -19,6 +22,7 @@ viewers are capped (``max_streams``, 503 beyond); snapshots are rate-limited and
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -101,6 +105,7 @@ class App:
             "result": None if snap.result is None else snap.result.to_record(),
             "stats": snap.counts(),
             "state_labels": STATE_LABELS,
+            "count": snap.cell_count,  # cell mode: the differential count, else null
         }
 
     def health(self) -> tuple[bool, str]:
@@ -250,6 +255,11 @@ class Handler(BaseHTTPRequestHandler):
                 ok, reason = app.health()
                 self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy",
                                                 "reason": reason})
+            elif url.path == "/api/count":
+                if app.pipeline.cells is None:
+                    self._error(409, "not in cell mode (lgld-run --mode cells)")
+                else:
+                    self._json(200, app.pipeline.cells.count())
             elif url.path == "/metrics":
                 self._send(200, app.pipeline.snapshot().prometheus().encode(),
                            "text/plain; version=0.0.4; charset=utf-8")
@@ -261,9 +271,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         app = self.server.app
         length = int(self.headers.get("Content-Length") or 0)  # checked in parse_request
-        if length:
-            self.rfile.read(length)
-        if urlsplit(self.path).path != "/api/snapshot":
+        body = self.rfile.read(length) if length else b""
+        path = urlsplit(self.path).path
+        if path in ("/api/count/reset", "/api/session"):
+            self._new_session(app, body if path == "/api/session" else b"")
+            return
+        if path != "/api/snapshot":
             self._error(404, f"not found: {self.path}")
             return
         try:
@@ -273,6 +286,25 @@ class Handler(BaseHTTPRequestHandler):
             self._json(429, {"error": str(exc)}, {"Retry-After": retry})
         except SnapshotError as exc:
             self._error(409, str(exc))
+
+    def _new_session(self, app: App, body: bytes) -> None:
+        cells = app.pipeline.cells
+        if cells is None:
+            self._error(409, "not in cell mode (lgld-run --mode cells)")
+            return
+        sample = None
+        if body.strip():
+            try:
+                data = json.loads(body)
+                sample = data.get("sample") if isinstance(data, dict) else None
+            except ValueError:
+                self._error(400, "the body must be JSON: {\"sample\": \"label\"}")
+                return
+            if sample is not None and not isinstance(sample, str):
+                self._error(400, "sample must be a string")
+                return
+        cells.start(sample)
+        self._json(200, cells.count())
 
     def _stream(self, app: App) -> None:
         self.close_connection = True

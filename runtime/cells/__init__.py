@@ -1,0 +1,1 @@
+"""Cell mode: find white cells in a frame, classify each, track them, keep a differential count."""

@@ -1,0 +1,203 @@
+"""A differential-count session: its log events, counted-cell crops, and resuming it from the log.
+
+Events (docs/cells.md, agreed in CELLS_SCHEMA.md): ``session_start`` when a count starts,
+one ``cell`` per counted cell, ``session_end`` when the next one starts or the run ends. The
+frame records themselves are written by the pipeline's log listener. Because every counted
+cell is one line in the log, a restart continues the last session where it stopped
+(:meth:`CountSession.resume`), with reviews from the page applied (the last one per track).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lgld.runtime.cells.stage import CellFrame, CellInput, CellStage
+from lgld.runtime.cells.track import UNCLASSIFIED, CountedCell
+
+log = logging.getLogger("lgld.runtime")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_session_id() -> str:
+    """YYYYmmdd-HHMMSS-xxxx: the start time plus 4 random hex digits."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def log_files(path: str | os.PathLike) -> list[Path]:
+    """A rotated log's files, oldest first: path.N ... path.1, path."""
+    path = Path(path)
+    rotated = []
+    for candidate in path.parent.glob(path.name + ".*"):
+        suffix = candidate.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            rotated.append((int(suffix), candidate))
+    return [p for _, p in sorted(rotated, reverse=True)] + ([path] if path.exists() else [])
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Every JSON object of a log and its rotated siblings, oldest first; torn lines skipped."""
+    for file in log_files(path):
+        try:
+            with open(file, encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        yield record
+        except OSError:
+            continue
+
+
+class CountSession:
+    """The running count session of a cell-mode run (thread-safe)."""
+
+    def __init__(
+        self,
+        stage: CellStage,
+        write: Callable[[dict[str, Any]], None] | None = None,
+        model: dict[str, Any] | None = None,
+        sample: str = "",
+        crops_dir: str | os.PathLike | None = None,
+        log_path: str | os.PathLike | None = None,
+        calibration: dict[str, Any] | None = None,
+    ) -> None:
+        self.stage = stage
+        self.write = write
+        self.model = model or {}
+        self.sample = sample
+        self.crops_dir = Path(crops_dir).expanduser() if crops_dir else None
+        self.log_dir = Path(log_path).expanduser().resolve().parent if log_path else None
+        self.calibration = calibration
+        self.id: str | None = None
+        self.started = 0.0
+        self._lock = threading.RLock()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def start(self, sample: str | None = None) -> str:
+        """End the current session (if any) and start a new, empty count."""
+        with self._lock:
+            self.end()
+            if sample is not None:
+                self.sample = sample
+            self.stage.reset()
+            self.id = new_session_id()
+            self.started = time.time()
+            self._emit({"event": "session_start", "session": self.id, "time": now_iso(),
+                        "sample": self.sample, "model": self.model,
+                        "calibration": self.calibration, "target": self.stage.count.target})
+            return self.id
+
+    def end(self) -> None:
+        """Write session_end for the current session (idempotent)."""
+        with self._lock:
+            if self.id is not None:
+                self._emit({"event": "session_end", "session": self.id, "time": now_iso(),
+                            "counted": self.stage.count.total})
+                self.id = None
+
+    def resume(self, log_path: str | os.PathLike) -> bool:
+        """Continue the last session of the log when it did not end; True when resumed."""
+        sid, sample, cells, reviews = None, "", {}, {}
+        ended: set[str] = set()
+        for r in read_records(log_path):
+            event = r.get("event")
+            if event == "session_start" and isinstance(r.get("session"), str):
+                sid, sample, cells, reviews = r["session"], str(r.get("sample") or ""), {}, {}
+            elif event == "session_end":
+                ended.add(str(r.get("session")))
+            elif event == "cell" and r.get("session") == sid:
+                cells[len(cells)] = r
+            elif event == "review" and r.get("session") == sid:
+                reviews[r.get("track")] = r
+        if sid is None or sid in ended:
+            return False
+        with self._lock:
+            self.stage.reset()
+            top = 0
+            for r in cells.values():
+                label = str(r.get("class") or UNCLASSIFIED)
+                review = reviews.get(r.get("track"))
+                if review is not None and review.get("action") == "reject":
+                    continue
+                if review is not None and review.get("action") == "reclassify":
+                    label = str(review.get("class") or label)
+                self.stage.count.add(label)
+                if isinstance(r.get("track"), int):
+                    top = max(top, r["track"])
+            if self.stage.tracker is not None:
+                self.stage.tracker.reset(next_id=top + 1)
+            self.id, self.sample, self.started = sid, sample, time.time()
+        log.info("resumed count session %s: %d cells counted", sid, self.stage.count.total)
+        return True
+
+    # -- frames --------------------------------------------------------------------------------
+
+    def process(self, prepared: CellInput, image: np.ndarray, now: float,
+                frame_index: int) -> CellFrame:
+        """Classify, track and count one prepared frame; log each counted cell."""
+        with self._lock:
+            if self.id is None:
+                self.start()
+            result = self.stage.classify(prepared, image, now)
+            for counted, crop in zip(result.counted, result.crops, strict=True):
+                crop_path = self._save_crop(counted, crop, frame_index)
+                self._emit({
+                    "event": "cell", "session": self.id, "time": now_iso(),
+                    "track": counted.track if counted.track >= 0 else None,
+                    "class": counted.label, "confidence": round(counted.confidence, 4),
+                    "probs": counted.probs, "frames_seen": counted.frames_seen,
+                    "box": list(counted.box), "frame": frame_index, "crop": crop_path,
+                })
+            for warning in result.warnings:
+                log.warning("frame %d: %s", frame_index, warning)
+            return result
+
+    def count(self) -> dict[str, Any]:
+        """/api/count: the counts plus the session they belong to."""
+        state = self.stage.count.to_dict()
+        state.update(session=self.id, sample=self.sample)
+        return state
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self.write is not None:
+            self.write(event)
+
+    def _save_crop(self, counted: CountedCell, crop: np.ndarray, frame: int) -> str | None:
+        if self.crops_dir is None:
+            return None
+        folder = self.crops_dir / f"cells-{self.id}"
+        who = f"t{counted.track}" if counted.track >= 0 else f"c{counted.detection_index}"
+        name = f"f{frame}-{who}-{counted.label}.jpg"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            if not ok:
+                return None
+            (folder / name).write_bytes(data.tobytes())
+        except OSError as exc:
+            log.warning("cannot save the crop of a counted cell in %s: %s", folder, exc.strerror)
+            return None
+        path = (folder / name).resolve()
+        if self.log_dir is not None:
+            return os.path.relpath(path, self.log_dir)
+        return str(path)

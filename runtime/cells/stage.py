@@ -1,0 +1,143 @@
+"""The cell-mode stage of the pipeline: detect -> crops -> one batched model call -> track -> count.
+
+:meth:`CellStage.prepare` (detection, crops, preprocessing) runs on the pipeline's capture
+thread, beside inference; :meth:`CellStage.classify` (the one model call for all cells of the
+frame, tracking, counting) on the inference thread. It knows nothing about threads, sources,
+logs or the web page.
+
+Live sources are tracked: a cell is counted once per track (see :mod:`.track`). Unrelated
+images (``tracking=False``) have no tracks: every whole cell of every image is counted once,
+so a folder of fields gives a differential count too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lgld.runtime.cells.count import DifferentialCount
+from lgld.runtime.cells.crops import cell_crop, cell_crops, check_white_cell_model, crop_side
+from lgld.runtime.cells.detect import CellDetector, Detection, Detections, DetectorSettings
+from lgld.runtime.cells.track import (
+    UNCLASSIFIED,
+    CellTracker,
+    CountedCell,
+    TrackerSettings,
+)
+from lgld.runtime.config import CellsSection
+
+
+@dataclass
+class CellInput:
+    """A frame after detection and cropping: what the model call needs."""
+
+    found: Detections
+    classified: list[int]  # indices of the cells whose crops are in batch
+    batch: np.ndarray | None  # (N, 3, S, S) model input, None when no cell is classified
+    detect_ms: float
+    prepare_ms: float
+
+
+@dataclass
+class CellFrame:
+    """One frame's cell-mode result."""
+
+    cells: list[dict[str, Any]]  # the "cells" of the frame record (CELLS_SCHEMA.md)
+    counted: list[CountedCell] = field(default_factory=list)  # counted in this frame
+    crops: list[np.ndarray] = field(default_factory=list)  # full-resolution crop per counted
+    detect_ms: float = 0.0
+    classify_ms: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+class CellStage:
+    """Everything cell mode does to a frame; ``tracking=False`` for unrelated images."""
+
+    def __init__(self, classifier: Any, detector: DetectorSettings | None = None,
+                 tracker: TrackerSettings | None = None, target: int = CellsSection.target,
+                 tracking: bool = True) -> None:
+        check_white_cell_model(classifier.classes)
+        self.classifier = classifier
+        self.classes = list(classifier.classes)
+        self.detector = CellDetector(detector)
+        self.tracker_settings = tracker or TrackerSettings()
+        self.tracker = CellTracker(self.classes, self.tracker_settings) if tracking else None
+        self.count = DifferentialCount(self.classes, target)
+
+    def reset(self) -> None:
+        """Start a new count: counts to zero, tracks forgotten (new tracks get new ids)."""
+        self.count.reset()
+        if self.tracker is not None:
+            self.tracker.reset()
+
+    def prepare(self, image: np.ndarray) -> CellInput:
+        """Detection, crops and preprocessing (no model call)."""
+        t0 = time.perf_counter()
+        found = self.detector.detect(image)
+        t1 = time.perf_counter()
+        # live: partial cells are shown but never counted, so not classified (saves time);
+        # unrelated images: every cell gets a class, partial ones keep their state
+        chosen = [i for i, c in enumerate(found.cells) if self.tracker is None or not c.partial]
+        batch = None
+        if chosen:
+            crops = cell_crops(image, [found.cells[i] for i in chosen], found.typical_diameter,
+                               self.classifier.info.input_size)
+            batch = self.classifier.prepare(crops)
+        t2 = time.perf_counter()
+        return CellInput(found, chosen, batch, 1000 * (t1 - t0), 1000 * (t2 - t1))
+
+    def classify(self, prepared: CellInput, image: np.ndarray, now: float) -> CellFrame:
+        """One model call for all cells, then tracking and counting."""
+        t0 = time.perf_counter()
+        found = prepared.found
+        probs = np.zeros((len(found.cells), len(self.classes)), np.float32)
+        if prepared.batch is not None:
+            probs[prepared.classified] = self.classifier.predict(prepared.batch)
+            probs[~np.isfinite(probs).all(axis=1)] = 0.0  # a broken output is never a class
+        result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
+        side = crop_side(found.typical_diameter)
+        if self.tracker is None:
+            for i, cell in enumerate(found.cells):
+                record = self._untracked(cell, probs[i])
+                result.cells.append(record)
+                if not cell.partial:
+                    label = record["class"] if record["state"] == "ok" else UNCLASSIFIED
+                    self._counted(result, CountedCell(
+                        -1, label, record["confidence"], record["probs"], 1, cell.box, i),
+                        image, found, side)
+        else:
+            update = self.tracker.update(found.cells, probs, image.shape[1], now)
+            for shown in update.cells:
+                result.cells.append({
+                    "box": list(shown.box), "class": shown.label,
+                    "confidence": round(shown.confidence, 4), "state": shown.state,
+                    "track": shown.track, "probs": shown.probs, "counted": shown.counted,
+                })
+            for counted in update.counted:
+                self._counted(result, counted, image, found, side)
+        result.classify_ms = prepared.prepare_ms + 1000 * (time.perf_counter() - t0)
+        return result
+
+    def process(self, image: np.ndarray, now: float | None = None) -> CellFrame:
+        """prepare + classify in sequence (tests, tools)."""
+        return self.classify(self.prepare(image), image,
+                             time.monotonic() if now is None else now)
+
+    def _counted(self, result: CellFrame, counted: CountedCell, image: np.ndarray,
+                 found: Detections, side: int) -> None:
+        self.count.add(counted.label)
+        result.counted.append(counted)
+        centre = found.cells[counted.detection_index].centre
+        result.crops.append(cell_crop(image, centre, side).copy())
+
+    def _untracked(self, cell: Detection, p: np.ndarray) -> dict[str, Any]:
+        k = int(np.argmax(p))
+        conf = float(p[k])
+        state = "partial" if cell.partial else (
+            "ok" if conf >= self.tracker_settings.min_confidence else "uncertain")
+        return {"box": list(cell.box), "class": self.classes[k], "confidence": round(conf, 4),
+                "state": state,
+                "probs": dict(zip(self.classes, np.round(p, 4).tolist(), strict=True))}

@@ -25,6 +25,7 @@ from typing import Any
 
 import cv2
 
+from lgld.runtime import calibration
 from lgld.runtime.cells.crops import check_white_cell_model
 from lgld.runtime.cells.detect import DetectorSettings
 from lgld.runtime.cells.session import CountSession
@@ -67,6 +68,7 @@ examples:
   lgld-run --model wbc5 --mode cells --source demo:cells --http 8080   differential count
   lgld-run --print-config > lgld.toml                  then: lgld-run --config lgld.toml
   lgld-run --check                                     doctor: camera, model, log, port
+  lgld-run --source picamera2 --calibrate              flat field of an empty slide area
 
 exit status: 0 ok, 1 failure while running, 2 bad arguments or configuration,
 3 model missing or not an lgld model, 4 camera/source absent, busy or unreadable
@@ -117,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="configuration file")
     p.add_argument("--print-config", action="store_true", help="print the effective config")
     p.add_argument("--check", action="store_true", help="check the setup and exit")
+    p.add_argument("--calibrate", action="store_true",
+                   help="capture an empty area of the slide as the flat-field calibration "
+                   "(calibration.frames frames; picamera2: locks exposure and white balance), "
+                   "store it in the state directory and exit")
     p.add_argument("--version", action="version", version=f"%(prog)s {lgld_version()}")
     return p
 
@@ -188,6 +194,54 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def calibrate(cfg: RunConfig) -> int:
+    """``--calibrate``: capture, check and store a flat-field calibration; the exit status."""
+    folder = calibration.state_dir(cfg.calibration)
+    scene = "wbc" if cfg.inference.mode == "roi" else "all"
+    try:
+        source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
+    except SourceError as exc:
+        return _error(EXIT_SOURCE, exc)
+    try:
+        cal = calibration.capture(source, cfg.calibration.frames)
+        if hasattr(source, "camera_settings"):  # picamera2: freeze what auto-exposure chose
+            cal.camera = calibration.lock_controls(source.camera_settings())
+        path = calibration.save(cal, folder)
+    except calibration.CalibrationError as exc:
+        return _error(EXIT_FAILURE, exc)
+    except SourceError as exc:
+        return _error(EXIT_SOURCE, exc)
+    finally:
+        source.close()
+    rec = cal.record()
+    locked = f"; locked {_controls_text(cal.camera)}" if cal.camera else ""
+    print(f"{PROG}: calibrated {cal.source} at {cal.frame_size[0]}x{cal.frame_size[1]} from "
+          f"{cal.frames} frames: corners {100 * rec['vignetting']:.0f}% of the centre's light, "
+          f"background RGB {tuple(round(v) for v in cal.background)}{locked}; saved {path}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _controls_text(controls: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in controls.items())
+
+
+def _calibration_state(cfg: RunConfig, source: Any) -> calibration.CalibrationState | None:
+    """The stored calibration's state for this source (None when turned off); locks a Pi
+    camera to the calibrated exposure and white balance when the calibration applies."""
+    if not cfg.calibration.apply:
+        return None
+    folder = calibration.state_dir(cfg.calibration)
+    try:
+        cal = calibration.load(folder)
+    except calibration.CalibrationError as exc:
+        return calibration.CalibrationState("stale", str(exc))
+    state = calibration.assess(cal, source.name, None, cfg.calibration.max_age_h)
+    if state.state == "ok" and cal is not None and cal.camera and hasattr(source, "lock"):
+        source.lock(cal.camera)
+    return state
+
+
 def _print_batch_line(result: Result) -> None:
     if result.cells is not None:
         found = ", ".join(f"{c['class']} {c['confidence']:.2f}" + (
@@ -256,8 +310,9 @@ def run(cfg: RunConfig) -> int:
                     source.skip_listeners.append(_skip_logger(result_log, source.name))
             if cfg.inference.mode == "cells":
                 cells = _count_session(cfg, classifier, result_log, tracking=not source.batch)
+            cal_state = _calibration_state(cfg, source)
             pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
-                                classifier.info.name, listeners, cells)
+                                classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
                 server.start(App(
@@ -277,9 +332,11 @@ def run(cfg: RunConfig) -> int:
             elif cfg.display.preview == "on":
                 log.warning("no preview window: %s", why)
             log.info(
-                "model %s (%d classes, %d px, %s, %d threads) | source %s | mode %s%s%s",
+                "model %s (%d classes, %d px, %s, %d threads, illumination %s) | source %s | "
+                "mode %s%s%s%s",
                 classifier.info.name, len(classifier.classes), classifier.info.input_size,
-                choice.reason, threads, source.name, cfg.inference.mode,
+                choice.reason, threads, classifier.info.preprocess.illumination, source.name,
+                cfg.inference.mode, _calibration_text(cal_state),
                 f" | live view {server.url}" if server else "",
                 f" | log {result_log.path}" if result_log else "",
             )
@@ -310,6 +367,16 @@ def run(cfg: RunConfig) -> int:
     if pipeline.batch and pipeline.stats.results == 0:
         return _error(EXIT_SOURCE, f"no image could be read ({skipped} skipped, see above)")
     return EXIT_OK
+
+
+def _calibration_text(state: calibration.CalibrationState | None) -> str:
+    if state is None:
+        return " | flat-field calibration off"
+    text = f" | calibration {state.state}: {state.message}"
+    cal = state.calibration
+    if state.state == "ok" and cal is not None and cal.camera:
+        text += f" | camera locked: {_controls_text(cal.camera)}"
+    return text
 
 
 def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: ResultLog | None,
@@ -402,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
             from lgld.runtime.doctor import doctor
 
             return doctor(cfg)
+        if args.calibrate:
+            return calibrate(cfg)
         return run(cfg)
     except ConfigError as exc:
         return _error(EXIT_USAGE, exc)

@@ -96,6 +96,17 @@ class TrustSection:
 
 
 @dataclass
+class CalibrationSection:
+    """[calibration]: the flat-field calibration (lgld-run --calibrate)."""
+
+    dir: str = _f("", "Folder of calibration.json and flatfield.npy; \"\" = $STATE_DIRECTORY (the\n"
+                      "service's /var/lib/lgld), else ~/.local/state/lgld.")
+    frames: int = _f(16, "Frames of an empty field of the slide that --calibrate averages.")
+    max_age_h: float = _f(168.0, "A calibration older than this many hours is stale (0 = never).")
+    apply: bool = _f(True, "Flat-field correct every frame with a valid calibration.")
+
+
+@dataclass
 class CellsSection:
     """[cells]: cell mode (--mode cells): white-cell detection, tracking, differential count."""
 
@@ -180,6 +191,7 @@ class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     trust: TrustSection = field(default_factory=TrustSection)
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
     http: HttpSection = field(default_factory=HttpSection)
     log: LogSection = field(default_factory=LogSection)
     display: DisplaySection = field(default_factory=DisplaySection)
@@ -227,6 +239,8 @@ class RunConfig:
                "need 0 <= trust.dark_level < trust.bright_level <= 255")
         for name in ("max_dark_fraction", "max_bright_fraction"):
             _check(0 < getattr(t, name) <= 1, f"trust.{name} must be in (0, 1]")
+        _check(1 <= self.calibration.frames <= 1000, "calibration.frames must be 1-1000")
+        _check(self.calibration.max_age_h >= 0, "calibration.max_age_h must be >= 0")
         _check(1 <= self.http.jpeg_quality <= 100, "http.jpeg_quality must be 1-100")
         _check(MIN_FPS <= h.stream_max_fps <= MAX_FPS,
                f"http.stream_max_fps must be {MIN_FPS:g}-{MAX_FPS:g}")

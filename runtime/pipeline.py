@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lgld.runtime.calibration import CalibrationState
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.config import InferenceSection, RunConfig, SourceSection, TrustSection
 from lgld.runtime.geometry import Region, crop_region, model_region
@@ -203,9 +204,12 @@ class Pipeline:
         model_name: str = "lgld",
         listeners: list[Callable[[Result], None]] | None = None,
         cells: CountSession | None = None,
+        calibration: CalibrationState | None = None,
     ) -> None:
         self.source = source
         self.cells = cells  # cell mode: detection, tracking and the differential count
+        #: the flat-field calibration's state; its flat field corrects frames when ``ok``
+        self.calibration = calibration
         self.classifier = classifier
         self.classes: list[str] = list(classifier.classes)
         self.settings = settings
@@ -358,6 +362,9 @@ class Pipeline:
         t0 = time.perf_counter()
         region = self.region_for(frame.image.shape)
         crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
+        cal = self.calibration
+        if cal is not None and cal.state == "ok" and cal.calibration is not None:
+            crop = cal.calibration.correct(crop, region, frame.image.shape)
         quality = assess(crop, self.settings.trust)
         if self.cells is not None:  # a sparse field is no focus measure: exposure only
             cells = None
@@ -453,4 +460,5 @@ class Pipeline:
         _, _, result = self.hub.latest()
         return self.stats.snapshot(self.model_name, self.source.name, self.settings.mode,
                                    self.slot.dropped, result,
-                                   None if self.cells is None else self.cells.count())
+                                   None if self.cells is None else self.cells.count(),
+                                   self.calibration.to_dict() if self.calibration else None)

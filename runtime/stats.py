@@ -41,7 +41,8 @@ class Stats:
         return time.monotonic() - self.started
 
     def snapshot(self, model: str, source: str, mode: str, dropped: int,
-                 result: Result | None, cell_count: dict[str, Any] | None = None) -> Snapshot:
+                 result: Result | None, cell_count: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | None = None) -> Snapshot:
         """The counters and rates now, with what they are about."""
         return Snapshot(
             model=model, source=source, mode=mode, result=result,
@@ -51,6 +52,7 @@ class Stats:
             camera_ok=self.camera_ok, camera_message=self.camera_message,
             reconnects=self.reconnects, states=dict(self.states), classes=dict(self.classes),
             latency=self.latency.cumulative(), cell_count=cell_count,
+            calibration=dict(calibration or {}),
         )
 
 
@@ -77,6 +79,7 @@ class Snapshot:
     classes: dict[str, int]
     latency: tuple[list[tuple[str, int]], float, int]  # Histogram.cumulative()
     cell_count: dict[str, Any] | None = None  # cell mode: CountSession.count()
+    calibration: dict[str, Any] = field(default_factory=dict)  # CalibrationState.to_dict()
 
     def counts(self) -> dict[str, Any]:
         """Counts and rates (the ``stats`` object of /api/latest)."""

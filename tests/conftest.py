@@ -200,6 +200,10 @@ class FakeRequest:
             return out
         raise AssertionError(f"unsupported format {stream['format']}")
 
+    def get_metadata(self) -> dict:
+        """Per-frame metadata, as libcamera reports it: the exposure and gains in use."""
+        return self.camera.metadata()
+
     def release(self) -> None:
         assert not self.released, "released twice"
         self.released = True
@@ -265,6 +269,7 @@ class FakePicamera2:
         self.stall_after: int | None = plan[n] if n < len(plan) else None
         self.jobs = 0
         self.lock = threading.Lock()
+        self.controls: dict = {}
         type(self).instances.append(self)
 
     @staticmethod
@@ -306,6 +311,31 @@ class FakePicamera2:
     def close(self) -> None:
         self.started = False
         self.closed = True
+
+    # Controls picamera2 accepts (a subset of libcamera's); an unknown name raises like it does.
+    CONTROLS = ("AeEnable", "AwbEnable", "ExposureTime", "AnalogueGain", "ColourGains",
+                "FrameRate")
+
+    def set_controls(self, controls: dict) -> None:
+        unknown = set(controls) - set(self.CONTROLS)
+        if unknown:
+            raise RuntimeError(f"Control {sorted(unknown)[0]} is not advertised by libcamera")
+        self.controls.update(controls)
+
+    def metadata(self) -> dict:
+        """What auto-exposure/white balance chose, or the locked values once they are off."""
+        auto = {"ExposureTime": 16600, "AnalogueGain": 2.5, "ColourGains": (1.9, 1.6)}
+        out = {"SensorTimestamp": self.frames, "Lux": 400.0, **auto}
+        if self.controls.get("AeEnable") is False:
+            out.update({k: self.controls[k] for k in ("ExposureTime", "AnalogueGain")
+                        if k in self.controls})
+        if self.controls.get("AwbEnable") is False and "ColourGains" in self.controls:
+            out["ColourGains"] = tuple(self.controls["ColourGains"])
+        return out
+
+    def capture_metadata(self, wait=None, signal_function=None) -> dict:
+        with self.captured_request(wait=wait) as request:
+            return request.get_metadata()
 
     def _next_request(self) -> FakeRequest | None:
         with self.lock:

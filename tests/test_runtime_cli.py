@@ -190,8 +190,8 @@ def test_print_config_is_commented_toml_that_round_trips(tmp_path, capsys):
     assert cli.main(["--print-config"]) == 0
     default_text = capsys.readouterr().out
     data = tomllib.loads(default_text)
-    assert list(data) == ["source", "model", "inference", "trust", "http", "log", "display",
-                          "cells"]
+    assert list(data) == ["source", "model", "inference", "trust", "calibration", "http", "log",
+                          "display", "cells"]
     assert data["model"]["path"] == "all" and data["source"]["input"] == "auto"
     assert data["http"]["listen"] == "" and default_text.count("\n# ") > 30
     config = tmp_path / "lgld.toml"

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--color-jitter", type=float,
                    help="scale of colour/stain augmentation (default 1; 0 = geometric only)")
+    p.add_argument("--illumination", choices=("none", "background"), default="none",
+                   help="illumination correction in the preprocessing (background: map the "
+                        "slide background to the training set's median, in linear light)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--init", default="", help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--split-file", help="reuse another run's split.json (e.g. when fine-tuning)")
@@ -122,6 +125,7 @@ def run_training(args: argparse.Namespace) -> int:
         variant=args.variant, seed=args.seed, device=args.device,
         workers=args.workers if args.workers is not None else default_workers(args.device),
         deterministic=args.deterministic, dataset_name=args.name, init=args.init,
+        illumination=args.illumination,
     )
     try:
         trainer = Trainer(cfg, split, resume=args.resume)

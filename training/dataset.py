@@ -14,6 +14,8 @@ from torch.utils.data import Dataset, Sampler
 from lgld.runtime.core.preprocess import (
     ImageError,
     PreprocessSpec,
+    correct_illumination,
+    estimate_background,
     normalize,
     read_image,
     resize_rgb,
@@ -51,6 +53,13 @@ class ImageCache:
             )
         return self._resized[spec.input_size]
 
+    def median_background(self, size: int) -> tuple[float, float, float]:
+        """The median slide background of these images (RGB, sRGB 0-255) at an input size:
+        the fixed reference the illumination correction maps every image to."""
+        images = self.resized(PreprocessSpec(input_size=size))
+        bg = np.median([estimate_background(im) for im in images], axis=0)
+        return (float(bg[0]), float(bg[1]), float(bg[2]))
+
 
 class SeededSampler(Sampler):
     """Yields (index, augmentation seed) pairs: a fresh permutation per epoch, sharded by rank."""
@@ -85,7 +94,8 @@ class SeededSampler(Sampler):
 
 
 class CachedDataset(Dataset):
-    """Serves (CHW float32 tensor, label) from an ImageCache at one input size."""
+    """Serves (CHW float32 tensor, label) from an ImageCache at one input size: augmented
+    (training), then illumination-corrected and normalised with the shared preprocessing."""
 
     def __init__(
         self, cache: ImageCache, spec: PreprocessSpec, train: bool, color: float = 1.0
@@ -104,6 +114,7 @@ class CachedDataset(Dataset):
         image = self.images[idx]
         if self.train:
             image = augment(image, seed, self.color)
+        image = correct_illumination(image, self.spec)
         return torch.from_numpy(normalize(image, self.spec)), int(self.labels[idx])
 
 

@@ -254,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="which part of --split-file (default: test)")
     p.add_argument("--json", dest="json_out", help="also write the results as JSON here")
     p.add_argument("--perturb", action="store_true",
-                   help="also measure accuracy under stain, blur, noise, JPEG and exposure shifts")
+                   help="also measure accuracy under stain, blur, noise, JPEG, exposure and "
+                        "white-balance shifts")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, help="inference threads (default: all cores but one)")
     p.add_argument("--limit-per-class", type=int, help="evaluate at most N images per class")

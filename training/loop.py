@@ -7,7 +7,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +49,7 @@ class TrainConfig:
     deterministic: bool = False
     dataset_name: str = ""
     init: str = ""  # start from these weights (fine-tuning), with a fresh schedule
+    illumination: str = "none"  # preprocessing's illumination correction (none | background)
 
     def identity(self) -> dict:
         """The fields that define a run (a resumed run must match them)."""
@@ -59,6 +60,7 @@ class TrainConfig:
             "variant": self.variant,
             "seed": self.seed,
             "init": str(Path(self.init).resolve()) if self.init else "",
+            "illumination": self.illumination,
         }
 
 
@@ -156,7 +158,7 @@ def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 
 # Identity fields added after the first release, with the value older runs implicitly had.
-_LATER_DEFAULTS = {"init": "", "color_jitter": 1.0}
+_LATER_DEFAULTS = {"init": "", "color_jitter": 1.0, "illumination": "none"}
 
 
 def same_run(saved: dict, current: dict) -> bool:
@@ -221,6 +223,10 @@ class Trainer:
         if self.main:
             log(f"loading {sum(len(v) for v in split.parts.values())} images into memory ...")
         self.caches = {k: ImageCache(split.root, v, self.classes) for k, v in split.parts.items()}
+        if cfg.illumination != "none":
+            reference = self.caches["train"].median_background(cfg.input_size)
+            self.spec = replace(self.spec, illumination=cfg.illumination, background=reference)
+            log(f"illumination {cfg.illumination}: reference background RGB {reference}")
 
     def _resume(self) -> None:
         ckpt, error = None, None
@@ -252,7 +258,7 @@ class Trainer:
         self, part: str, size: int, train: bool, epoch: int = 0, augment: bool = True
     ) -> DataLoader:
         """Shuffled and sharded when ``train``; augmented when ``train and augment``."""
-        spec = PreprocessSpec(input_size=size)
+        spec = replace(self.spec, input_size=size)
         ds = CachedDataset(self.caches[part], spec,
                            train=train and augment and self.cfg.recipe.augment,
                            color=self.cfg.recipe.color_jitter)
@@ -302,8 +308,9 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
         save_checkpoint(
-            self.out / name, self.model, self.classes, PreprocessSpec(
-                input_size=self.model.config.input_size), self.summary(val_metrics), extra
+            self.out / name, self.model, self.classes,
+            replace(self.spec, input_size=self.model.config.input_size),
+            self.summary(val_metrics), extra
         )
 
     def fit(self) -> None:

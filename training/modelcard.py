@@ -1,7 +1,12 @@
 """Render a model card (Markdown) for a shipped model from its run folder and evaluations.
 
     python -m lgld.training.modelcard RUN_DIR --eval-json VAL.json [--test-json TEST.json]
-        --title "..." --data-citation "..." --onnx models/zoo/x.onnx -o models/zoo/x.md
+        [--shifts-json SHIFTS.jsonl] [--note "..."] --title "..." --data-citation "..."
+        --onnx models/zoo/x.onnx -o models/zoo/x.md
+
+``--shifts-json``: one JSON object per line, ``{"label": ..., "clean": {"accuracy": ..,
+"macro_f1": ..}, "-1 EV": {..}, ...}`` (accuracy and F1 in percent): the acquisition-shift
+table (clean and each shift, old and new models side by side).
 """
 
 from __future__ import annotations
@@ -24,9 +29,34 @@ def _metrics_row(name: str, m: dict) -> str:
             f"| {_pct(m['macro_recall'])} | {_pct(m['macro_f1'])} |")
 
 
+def _preprocess_line(run_dir: Path) -> str:
+    from lgld.models.checkpoint import load_checkpoint
+
+    spec = load_checkpoint(run_dir / "best.pt").preprocess
+    if spec.illumination == "none":
+        return "- Preprocessing: no illumination correction (older lgld preprocessing)."
+    ref = ", ".join(f"{v:.0f}" for v in spec.background)
+    return (f"- Preprocessing: illumination correction `{spec.illumination}`: the slide "
+            f"background of every image is mapped to RGB ({ref}) (the training images' median "
+            "background) by one gain per channel in linear light; recorded in the checkpoint "
+            "and the ONNX metadata.")
+
+
+def shift_table(rows: list[dict]) -> list[str]:
+    """Markdown rows: one per model, accuracy / macro F1 per acquisition shift."""
+    conditions = [k for k in rows[0] if k not in ("label", "model", "part")]
+    lines = ["| model | " + " | ".join(conditions) + " |",
+             "| --- | " + " | ".join("---" for _ in conditions) + " |"]
+    for row in rows:
+        cells = [f"{row[c]['accuracy']:.2f}% / {row[c]['macro_f1']:.2f}%" for c in conditions]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(
     run_dir: Path, val: dict, test: dict | None, title: str, citation: str, onnx: str,
     hardware: str, intended: str, limits: list[str], prior: Path | None = None,
+    shifts: list[dict] | None = None, notes: list[str] | None = None,
 ) -> str:
     split = json.loads((run_dir / "split.json").read_text())
     stages = run_stages(run_dir, prior)
@@ -65,6 +95,8 @@ def render(
         f"- Wall time {seconds / 60:.1f} min in all on {hardware} (shared with other work).",
         "- Reproduce: "
         + " then ".join(f"`{st['command']}`" for st in stages),
+        _preprocess_line(run_dir),
+        *[f"- {n}" for n in notes or []],
         "",
         "## Validation metrics (exported ONNX model through the runtime's code, `lgld-eval`)",
         "",
@@ -75,6 +107,18 @@ def render(
     if test:
         lines.append(_metrics_row("test (own split, after selection)", test))
     lines += ["", "```", format_report(val), "```", ""]
+    if shifts:
+        lines += [
+            "## Acquisition shifts (val split; accuracy / macro F1)",
+            "",
+            "Exposure and white balance changed in linear light (sRGB decoded, multiplied, "
+            "clipped to 8 bits, encoded), as a different lamp, exposure time or camera white "
+            "balance would; `-1 EV` halves the light, `+0.6 EV` multiplies it by 1.52, the cast "
+            "is R x1.2, B x0.8.",
+            "",
+            *shift_table(shifts),
+            "",
+        ]
     pert = val.get("perturbations")
     if pert:
         lines += [
@@ -125,6 +169,8 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
         )
         if recipe.get("color_jitter", 1.0) != 1.0:
             command += f" --color-jitter {recipe.get('color_jitter')}"
+        if run.get("illumination", "none") != "none":
+            command += f" --illumination {run['illumination']}"
         init = run.get("init") or ""
         current = None
         if init:
@@ -167,12 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", action="append", default=[], help="a known limit (repeatable)")
     p.add_argument("--prior-run", type=Path, help="the run behind an --init checkpoint that is "
                    "not a run's best.pt (e.g. a shipped model): adds its stages to the card")
+    p.add_argument("--shifts-json", type=Path, help="acquisition-shift rows, one JSON per line")
+    p.add_argument("--note", action="append", default=[], help="a training note (repeatable)")
     p.add_argument("-o", "--out", type=Path, required=True)
     a = p.parse_args(argv)
     val = json.loads(a.eval_json.read_text())
     test = json.loads(a.test_json.read_text()) if a.test_json else None
+    shifts = ([json.loads(x) for x in a.shifts_json.read_text().splitlines() if x.strip()]
+              if a.shifts_json else None)
     a.out.write_text(render(a.run_dir, val, test, a.title, a.data_citation, a.onnx, a.hardware,
-                            a.intended, a.limit, a.prior_run))
+                            a.intended, a.limit, a.prior_run, shifts, a.note))
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 

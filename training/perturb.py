@@ -8,7 +8,10 @@ different microscope, stain batch or camera setting would change what the Pi see
 * ``blur``: defocus, a disk (pillbox) point-spread function;
 * ``noise``: sensor noise, Poisson shot noise plus Gaussian read noise;
 * ``jpeg``: re-compression at a low JPEG quality;
-* ``underexposure`` / ``overexposure``: an exposure change in linear light, clipped to 8 bits.
+* ``underexposure`` / ``overexposure``: an exposure change in linear light (sRGB curve),
+  clipped to 8 bits: -1/-2 EV and +0.6/+1 EV;
+* ``whitebalance``: a colour cast in linear light, red up and blue down (a warmer lamp or a
+  camera's white balance): R x1.2, B x0.8 (mild), R x1.4, B x0.6 (strong).
 
 Two severities each (``mild``, ``strong``). Sizes (blur radius) scale with the image, so a
 severity means the same on a 224 px field and a 360 px cell crop. Every call is deterministic:
@@ -22,7 +25,11 @@ import zlib
 import cv2
 import numpy as np
 
-PERTURBATIONS = ("stain", "blur", "noise", "jpeg", "underexposure", "overexposure")
+from lgld.runtime.core.preprocess import linear_gain_lut
+
+PERTURBATIONS = (
+    "stain", "blur", "noise", "jpeg", "underexposure", "overexposure", "whitebalance",
+)
 SEVERITIES = ("mild", "strong")
 
 # Per severity: stain (OD scale spread, OD bias spread), defocus radius in px at 224 px,
@@ -32,7 +39,8 @@ _BLUR_RADIUS = {"mild": 1.5, "strong": 3.0}
 _NOISE = {"mild": (400.0, 3.0), "strong": (60.0, 8.0)}
 _JPEG_QUALITY = {"mild": 30, "strong": 10}
 _UNDER = {"mild": 0.5, "strong": 0.25}  # -1 EV, -2 EV
-_OVER = {"mild": 1.5, "strong": 2.0}  # about +0.6 EV, +1 EV
+_OVER = {"mild": 2.0**0.6, "strong": 2.0}  # +0.6 EV, +1 EV
+_WHITE_BALANCE = {"mild": (1.2, 1.0, 0.8), "strong": (1.4, 1.0, 0.6)}  # linear gains, R G B
 
 # Ruifrok & Johnston's H&E-DAB optical-density basis (rows: H, E, residual), in RGB order.
 _HED_FROM_RGB = np.array(
@@ -63,18 +71,23 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
 
 
+def stain_od_shift(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Scale (``alpha``) and offset (``beta``) each stain's optical density (H, E, residual)
+    of an RGB uint8 image (HED-style stain augmentation)."""
+    od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+    stains = od @ _RGB_FROM_HED_INV.astype(np.float32)
+    od = (stains * alpha.astype(np.float32) + beta.astype(np.float32)) @ _HED_FROM_RGB.astype(
+        np.float32)
+    return _to_uint8(256.0 * np.exp(-np.maximum(od, 0.0)) - 1.0)
+
+
 def stain_shift(image: np.ndarray, severity: str, rng: np.random.Generator) -> np.ndarray:
-    """Scale and offset each stain's optical density (HED-style stain augmentation)."""
+    """A stain shift of one severity on a BGR image."""
     spread, bias = _STAIN[severity]
-    rgb = image[..., ::-1].astype(np.float64)
-    od = -np.log((rgb + 1.0) / 256.0)
-    stains = od @ _RGB_FROM_HED_INV
     # A strong shift is a strong one: magnitudes at least half the spread, random directions.
     alpha = 1.0 + rng.choice([-1.0, 1.0], 3) * rng.uniform(spread / 2, spread, 3)
     beta = rng.choice([-1.0, 1.0], 3) * rng.uniform(bias / 2, bias, 3)
-    od = (stains * alpha + beta) @ _HED_FROM_RGB
-    rgb = 256.0 * np.exp(-np.maximum(od, 0.0)) - 1.0
-    return _to_uint8(rgb[..., ::-1])
+    return np.ascontiguousarray(stain_od_shift(image[..., ::-1], alpha, beta)[..., ::-1])
 
 
 def _disk_kernel(radius: float) -> np.ndarray:
@@ -108,10 +121,13 @@ def jpeg(image: np.ndarray, severity: str) -> np.ndarray:
 
 
 def exposure(image: np.ndarray, gain: float) -> np.ndarray:
-    """Multiply linear-light intensity by ``gain`` (sRGB gamma ~2.2), clipping highlights."""
-    lut = np.arange(256, dtype=np.float64) / 255.0
-    lut = 255.0 * np.clip((lut**2.2) * gain, 0.0, 1.0) ** (1 / 2.2)
-    return cv2.LUT(image, _to_uint8(lut))
+    """Multiply linear-light intensity by ``gain``, clipping highlights."""
+    return cv2.LUT(image, linear_gain_lut((gain, gain, gain)))
+
+
+def white_balance(image: np.ndarray, gains_rgb: tuple[float, float, float]) -> np.ndarray:
+    """Multiply each channel's linear light by its gain (RGB order) of a BGR image, clipped."""
+    return cv2.LUT(image, linear_gain_lut(gains_rgb[::-1]))
 
 
 def perturb(image_bgr: np.ndarray, kind: str, severity: str, seed: int = 0) -> np.ndarray:
@@ -128,4 +144,6 @@ def perturb(image_bgr: np.ndarray, kind: str, severity: str, seed: int = 0) -> n
         return jpeg(image_bgr, severity)
     if kind == "underexposure":
         return exposure(image_bgr, _UNDER[severity])
+    if kind == "whitebalance":
+        return white_balance(image_bgr, _WHITE_BALANCE[severity])
     return exposure(image_bgr, _OVER[severity])

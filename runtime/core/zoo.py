@@ -13,9 +13,13 @@ from pathlib import Path
 from lgld.runtime.core.session import ModelLoadError
 
 ZOO = {
+    # the defaults: illumination-corrected preprocessing, robust to exposure and white balance
     "all": "lgld-all.onnx",  # ALL leukemia, whole fields of view (field mode), 160 px
     "wbc5": "lgld-wbc5.onnx",  # five white-cell types, single centred cells (roi mode), 160 px
-    # faster 128 px versions, and the rest of the ALL size menu (docs/performance.md)
+    # the first ALL model: best on the training microscope's own images, not on others
+    "all-v1": "lgld-all-v1.onnx",
+    # faster 128 px versions, and the rest of the ALL size menu (docs/performance.md), made
+    # from the first models (no illumination correction)
     "all-128": "lgld-all-128.onnx",
     "wbc5-128": "lgld-wbc5-128.onnx",
     "all-192": "lgld-all-192.onnx",

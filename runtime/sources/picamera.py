@@ -134,6 +134,7 @@ class PiCamera2Source(Source):
         self._cam: Any = None
         self._job: Any = None
         self._lores_dims: tuple[int, int] | None = None
+        self.controls: dict[str, Any] = {}  # applied after every start (see lock)
 
     def open(self) -> None:
         module = import_picamera2()
@@ -164,11 +165,28 @@ class PiCamera2Source(Source):
             cam.configure(config)
             self._lores_dims = tuple(config["lores"]["size"]) if self.lores_size else None
             cam.start()
+            if self.controls:
+                cam.set_controls(self.controls)
         except Exception as exc:
             _quietly(cam.close)
             raise open_failure(label, "start", exc) from None
         self._cam = cam
         self._job = None
+
+    def lock(self, controls: dict[str, Any]) -> None:
+        """Apply picamera2 controls now and after every reopen: e.g. the exposure and white
+        balance a flat-field calibration locked (AeEnable/AwbEnable off, fixed gains)."""
+        self.controls = dict(controls)
+        if self._cam is not None:
+            self._cam.set_controls(self.controls)
+
+    def camera_settings(self) -> dict[str, Any]:
+        """The exposure time, analogue gain and colour gains in use (frame metadata)."""
+        if self._cam is None:
+            raise CameraLost(f"{self.name} is not open")
+        metadata = self._cam.capture_metadata()
+        return {k: metadata[k] for k in ("ExposureTime", "AnalogueGain", "ColourGains")
+                if k in metadata}
 
     def read(self) -> Frame:
         if self._cam is None:

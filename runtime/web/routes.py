@@ -6,7 +6,8 @@
 * ``/snapshot.json``     the latest result (the one drawn on /snapshot.jpg)
 * ``POST /api/snapshot`` save raw frame, overlay and result JSON to ``http.snapshot_dir``
 * ``/api/latest``        the latest result plus counts and rates (JSON)
-* ``/healthz``           200 while frames arrive and inference runs, else 503
+* ``/healthz``           200 while frames arrive and inference runs, else 503; with the
+                         flat-field calibration's state (ok, stale, missing)
 * ``/metrics``           Prometheus text format (version 0.0.4)
 * ``/api/count``         cell mode: the differential count (counts, %, target, session)
 * ``POST /api/count/reset``  cell mode: end the count session and start a new, empty one
@@ -104,6 +105,7 @@ class App:
             "version": lgld_version(),
             "result": None if snap.result is None else snap.result.to_record(),
             "stats": snap.counts(),
+            "calibration": snap.calibration,
             "state_labels": STATE_LABELS,
             "count": snap.cell_count,  # cell mode: the differential count, else null
         }
@@ -122,6 +124,15 @@ class App:
         if time.monotonic() - p.heartbeat > self.stale_after_s:
             return False, "inference is stuck"
         return True, "ok"
+
+    def calibration(self) -> dict[str, str]:
+        """The flat-field calibration's state (ok | stale | missing) and what to do about it;
+        a missing or stale one does not make the run unhealthy (frames are still classified,
+        with the model's own illumination correction only)."""
+        cal = self.pipeline.calibration
+        if cal is None:
+            return {"state": "off", "message": "flat-field calibration not used"}
+        return {"state": cal.state, "message": cal.message}
 
     def save_snapshot(self) -> dict[str, Any]:
         """Save the latest frame; raises SnapshotError, or SnapshotRefused when too soon."""
@@ -254,7 +265,8 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/healthz":
                 ok, reason = app.health()
                 self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy",
-                                                "reason": reason})
+                                                "reason": reason,
+                                                "calibration": app.calibration()})
             elif url.path == "/api/count":
                 if app.pipeline.cells is None:
                     self._error(409, "not in cell mode (lgld-run --mode cells)")

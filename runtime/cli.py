@@ -42,6 +42,7 @@ from lgld.runtime.config import (
 )
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import choose_precision
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.dataset.cropstore import CropBudget, reviewed_crops
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the live page (host 127.0.0.1; any other address opens it to the "
                    "network: see docs/deploy.md)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"),
+                   help="the model's fp32 or INT8 file (auto: INT8 where the CPU has fast int8)")
     p.add_argument("--preview", choices=("auto", "on", "off"), help="local preview window")
     p.add_argument("--config", metavar="FILE.toml", help="configuration file")
     p.add_argument("--print-config", action="store_true", help="print the effective config")
@@ -137,6 +140,7 @@ _FLAG_FIELDS = {
     "log": ("log", "path"),
     "http": ("http", "listen"),
     "threads": ("model", "threads"),
+    "precision": ("model", "precision"),
     "preview": ("display", "preview"),
     "resume_count": ("cells", "resume"),
     "sample": ("cells", "sample"),
@@ -275,7 +279,8 @@ def run(cfg: RunConfig) -> int:
     threads = cfg.model.threads or default_threads()
     token = load_token(cfg.http) if cfg.http.listen else ""
     try:
-        classifier = OnnxClassifier(resolve_model(cfg.model.path), threads=threads)
+        choice = choose_precision(resolve_model(cfg.model.path), cfg.model.precision)
+        classifier = OnnxClassifier(choice.path, threads=threads)
     except ModelLoadError as exc:
         return _error(EXIT_MODEL, exc)
     if cfg.inference.mode == "cells":
@@ -335,10 +340,10 @@ def run(cfg: RunConfig) -> int:
             elif cfg.display.preview == "on":
                 log.warning("no preview window: %s", why)
             log.info(
-                "model %s (%d classes, %d px, %d threads, illumination %s) | source %s | mode %s"
-                "%s%s%s",
+                "model %s (%d classes, %d px, %s, %d threads, illumination %s) | source %s | "
+                "mode %s%s%s%s",
                 classifier.info.name, len(classifier.classes), classifier.info.input_size,
-                threads, classifier.info.preprocess.illumination, source.name,
+                choice.reason, threads, classifier.info.preprocess.illumination, source.name,
                 cfg.inference.mode, _calibration_text(cal_state),
                 f" | live view {server.url}" if server else "",
                 f" | log {result_log.path}" if result_log else "",

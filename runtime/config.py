@@ -58,6 +58,10 @@ class ModelSection:
 
     path: str = _f("all", "all (ALL leukemia fields) | wbc5 (single white cells) | a .onnx path.")
     threads: int = _f(0, "ONNX Runtime threads; 0 = all cores but one (left for capture/encoding).")
+    precision: str = _f("auto", "auto | fp32 | int8: the model's fp32 file or its INT8 version\n"
+                                "(NAME.int8.onnx beside it); auto = INT8 where the CPU has int8\n"
+                                "dot products (arm64 dotprod, x86 VNNI) and the INT8 file passed\n"
+                                "its accuracy gate.")
 
 
 @dataclass
@@ -211,6 +215,8 @@ class RunConfig:
                "source.max_image_pixels must be 1-1000000000")
         _check(0 <= self.model.threads <= max_threads(),
                f"model.threads must be 0 (automatic) to {max_threads()}")
+        _check(self.model.precision in ("auto", "fp32", "int8"),
+               f"model.precision must be auto, fp32 or int8, not {self.model.precision!r}")
         _check(i.mode in ("field", "roi", "cells"),
                f"inference.mode must be field, roi or cells, not {i.mode!r}")
         c = self.cells

@@ -41,12 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--int8", action="store_true",
                    help="write an INT8 model to --output (the fp32 export is the reference)")
     q.add_argument("--calib-data", metavar="DIR",
-                   help="calibration images, one sub-folder per class (the model's classes)")
+                   help="calibration images, one sub-folder per class (the model's classes); "
+                   "with --split-file: the data folder the split refers to")
+    q.add_argument("--split-file", metavar="SPLIT.json",
+                   help="the model's own lgld-train split: calibrate on its train part, gate on "
+                   "its val part (checked against the split sizes recorded in the checkpoint)")
     q.add_argument("--calib-limit", type=int, default=None, metavar="N",
-                   help="use at most N calibration images, evenly spread")
+                   help="use at most N calibration images, evenly spread (default with "
+                   "--split-file: 256)")
+    q.add_argument("--int8-scope", choices=("gce", "all"), default="gce",
+                   help="gce (default): quantize only the GCE's dilated convolutions (most of "
+                   "the MACs), the rest stays fp32; all: every node ONNX Runtime can quantize")
+    q.add_argument("--int8-full-range", action="store_true",
+                   help="8-bit weights instead of 7-bit ones (can saturate on x86 without VNNI; "
+                   "the runtime then needs its exact-kernel session option there)")
     q.add_argument("--int8-activations", choices=("u8", "s8"), default="u8",
-                   help="activation type: u8 (default; fastest measured) or s8 (for x86 CPUs "
-                   "without VNNI, where u8 x s8 products can saturate)")
+                   help="activation type: u8 (default; fastest measured) or s8 (slower than "
+                   "fp32 on x86)")
     q.add_argument("--latency-runs", type=int, default=30, metavar="N",
                    help="timed runs per model for the fp32 vs INT8 latency (default 30)")
     q.add_argument("--max-accuracy-drop", type=float, default=0.005,
@@ -75,13 +86,13 @@ def _graph_lines(path: Path, macs: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from lgld.export.onnx_export import check_writable, export_checkpoint
-    from lgld.export.quantize import labelled_images, quantize_int8
+    from lgld.export.quantize import labelled_images, quantize_int8, split_items
     from lgld.models.checkpoint import load_checkpoint
 
-    if args.int8 and not args.calib_data:
-        raise ExportError("--int8 needs --calib-data DIR")
-    if args.calib_data and not args.int8:
-        raise ExportError("--calib-data is only used with --int8")
+    if args.int8 and not (args.calib_data or args.split_file):
+        raise ExportError("--int8 needs --calib-data DIR or --split-file SPLIT.json")
+    if (args.calib_data or args.split_file) and not args.int8:
+        raise ExportError("--calib-data and --split-file are only used with --int8")
     for flag, value in (("--threads", args.threads), ("--verify-limit", args.verify_limit),
                         ("--calib-limit", args.calib_limit),
                         ("--latency-runs", args.latency_runs)):
@@ -99,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
         print(report.summary())
         return 0
     # fail fast on calibration data that cannot fit this checkpoint
-    labelled_images(args.calib_data, load_checkpoint(args.checkpoint).classes)
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.split_file:
+        split_items(args.split_file, ckpt.classes, root=args.calib_data,
+                    expect_counts=ckpt.training.get("split_counts"))
+    else:
+        labelled_images(args.calib_data, ckpt.classes)
     with tempfile.TemporaryDirectory(prefix="lgld-export-") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
         report = export_checkpoint(args.checkpoint, fp32_path, **kwargs)
@@ -109,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
         int8 = quantize_int8(
             fp32_path, out, args.calib_data, max_accuracy_drop=args.max_accuracy_drop,
             threads=args.threads, calib_limit=args.calib_limit, activations=args.int8_activations,
-            latency_runs=args.latency_runs,
+            latency_runs=args.latency_runs, scope=args.int8_scope,
+            reduce_range=not args.int8_full_range, split_file=args.split_file,
         )
-    print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB, int8-qdq, opset {report.opset})")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.1f} KiB, int8-qdq, opset {report.opset}, "
+          f"{'dynamic' if args.batch == 'dynamic' else 'fixed'} batch)")
     print("\n".join(_graph_lines(out, report.export_macs)))
     print(int8.summary())
     return 0

@@ -42,12 +42,15 @@ from lgld.runtime.config import (
 )
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import choose_precision
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
+from lgld.runtime.dataset.cropstore import CropBudget, reviewed_crops
 from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
+from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource
 from lgld.runtime.systemd import Notifier
@@ -105,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-session", dest="resume_count", action="store_const", const=False,
                    help="cells mode: start a new differential count instead of continuing the "
                    "last one found in the log")
+    p.add_argument("--sample", metavar="LABEL",
+                   help="cells mode: the sample's free-text label, written with the count session")
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
     p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
@@ -112,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the live page (host 127.0.0.1; any other address opens it to the "
                    "network: see docs/deploy.md)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (0 = auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8"),
+                   help="the model's fp32 or INT8 file (auto: INT8 where the CPU has fast int8)")
     p.add_argument("--preview", choices=("auto", "on", "off"), help="local preview window")
     p.add_argument("--config", metavar="FILE.toml", help="configuration file")
     p.add_argument("--print-config", action="store_true", help="print the effective config")
@@ -133,8 +140,10 @@ _FLAG_FIELDS = {
     "log": ("log", "path"),
     "http": ("http", "listen"),
     "threads": ("model", "threads"),
+    "precision": ("model", "precision"),
     "preview": ("display", "preview"),
     "resume_count": ("cells", "resume"),
+    "sample": ("cells", "sample"),
 }
 
 
@@ -270,7 +279,8 @@ def run(cfg: RunConfig) -> int:
     threads = cfg.model.threads or default_threads()
     token = load_token(cfg.http) if cfg.http.listen else ""
     try:
-        classifier = OnnxClassifier(resolve_model(cfg.model.path), threads=threads)
+        choice = choose_precision(resolve_model(cfg.model.path), cfg.model.precision)
+        classifier = OnnxClassifier(choice.path, threads=threads)
     except ModelLoadError as exc:
         return _error(EXIT_MODEL, exc)
     if cfg.inference.mode == "cells":
@@ -310,6 +320,8 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
+                review = (ReviewDesk(result_log.path, result_log.write)
+                          if cells is not None and result_log is not None else None)
                 server.start(App(
                     pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
                     max(STALE_AFTER_S, 2 * cfg.source.timeout_s),
@@ -317,6 +329,7 @@ def run(cfg: RunConfig) -> int:
                     max_streams=cfg.http.max_streams,
                     snapshot_min_interval_s=cfg.http.snapshot_min_interval_s,
                     snapshot_max_bytes=cfg.http.snapshot_max_mb * 1_000_000,
+                    review=review,
                 ))
             show, why = preview_possible(cfg.display.preview)
             if show:
@@ -327,10 +340,10 @@ def run(cfg: RunConfig) -> int:
             elif cfg.display.preview == "on":
                 log.warning("no preview window: %s", why)
             log.info(
-                "model %s (%d classes, %d px, %d threads, illumination %s) | source %s | mode %s"
-                "%s%s%s",
+                "model %s (%d classes, %d px, %s, %d threads, illumination %s) | source %s | "
+                "mode %s%s%s%s",
                 classifier.info.name, len(classifier.classes), classifier.info.input_size,
-                threads, classifier.info.preprocess.illumination, source.name,
+                choice.reason, threads, classifier.info.preprocess.illumination, source.name,
                 cfg.inference.mode, _calibration_text(cal_state),
                 f" | live view {server.url}" if server else "",
                 f" | log {result_log.path}" if result_log else "",
@@ -384,8 +397,14 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
     model = {"name": info.name, "path": str(classifier.path),
              "sha256": file_sha256(classifier.path), "precision": info.quantization,
              "classes": list(classifier.classes)}
+    budget = None
+    if cfg.http.snapshot_dir and c.crop_budget_mb > 0:
+        log_path = cfg.log.path
+        budget = CropBudget(cfg.http.snapshot_dir, c.crop_budget_mb,
+                            (lambda: reviewed_crops(log_path)) if log_path else frozenset)
     session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
-                           cfg.http.snapshot_dir or None, cfg.log.path or None)
+                           cfg.http.snapshot_dir or None, cfg.log.path or None,
+                           crop_budget=budget.added if budget else None)
     if not (tracking and c.resume and result_log and session.resume(result_log.path)):
         session.start()
     return session

@@ -58,6 +58,10 @@ class ModelSection:
 
     path: str = _f("all", "all (ALL leukemia fields) | wbc5 (single white cells) | a .onnx path.")
     threads: int = _f(0, "ONNX Runtime threads; 0 = all cores but one (left for capture/encoding).")
+    precision: str = _f("auto", "auto | fp32 | int8: the model's fp32 file or its INT8 version\n"
+                                "(NAME.int8.onnx beside it); auto = INT8 where the CPU has int8\n"
+                                "dot products (arm64 dotprod, x86 VNNI) and the INT8 file passed\n"
+                                "its accuracy gate.")
 
 
 @dataclass
@@ -121,6 +125,9 @@ class CellsSection:
     target: int = _f(100, "Cells per differential count (100 or 200); then 'count complete'.")
     sample: str = _f("", "Free-text label of the sample, written with each count session.")
     resume: bool = _f(True, "On start, continue the last count session found in the log.")
+    crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved with\n"
+                                      "[http] snapshot_dir): past it the oldest unreviewed cells'\n"
+                                      "crops go first, reviewed ones last; 0 = no limit.")
 
     def diameter_range(self) -> tuple[float, float] | None:
         """(MIN, MAX) in pixels, or None for auto; ConfigError when malformed."""
@@ -208,6 +215,8 @@ class RunConfig:
                "source.max_image_pixels must be 1-1000000000")
         _check(0 <= self.model.threads <= max_threads(),
                f"model.threads must be 0 (automatic) to {max_threads()}")
+        _check(self.model.precision in ("auto", "fp32", "int8"),
+               f"model.precision must be auto, fp32 or int8, not {self.model.precision!r}")
         _check(i.mode in ("field", "roi", "cells"),
                f"inference.mode must be field, roi or cells, not {i.mode!r}")
         c = self.cells
@@ -219,6 +228,7 @@ class RunConfig:
         _check(c.max_speed > 0, "cells.max_speed must be > 0")
         _check(c.max_missed >= 0, "cells.max_missed must be >= 0")
         _check(c.target >= 1, "cells.target must be >= 1")
+        _check(c.crop_budget_mb >= 0, "cells.crop_budget_mb must be >= 0")
         _check(i.field_crop in ("square", "full"), "inference.field_crop must be square or full")
         _check(len(i.roi) in (0, 4), "inference.roi must be [] or [x, y, w, h]")
         if i.roi:

@@ -291,7 +291,8 @@ def test_int8(tmp_path: Path, calib: Path, capsys, monkeypatch) -> None:
 
     # refusal: an accuracy drop above the limit writes nothing
     out.unlink()
-    monkeypatch.setattr("lgld.export.quantize.accuracies", lambda models, items: [0.9, 0.5])
+    monkeypatch.setattr("lgld.export.quantize.scores",
+                        lambda models, items: [(0.9, 0.9), (0.5, 0.5)])
     assert main(base) == 1
     err = capsys.readouterr().err
     assert "INT8 refused" in err and err.count("\n") == 1

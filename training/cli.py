@@ -20,6 +20,7 @@ from lgld.training.data import (
     make_split,
     verify_items,
 )
+from lgld.training.labrun import LAB_FILES, prepare_lab_split
 from lgld.training.recipes import get_recipe
 
 PROG = "lgld-train"
@@ -54,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="", help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--split-file", help="reuse another run's split.json (e.g. when fine-tuning)")
     p.add_argument("--name", default="", help="data-set name for the model card/metadata")
+    p.add_argument("--mix-data", help="also train on this data folder or split.json (its train "
+                   "part), e.g. the --init model's training data; val/test stay --data's")
+    p.add_argument("--mix-ratio", type=float, default=0.5,
+                   help="share of --mix-data images in the train part (default 0.5)")
     p.add_argument(OPT_OUT_FLAG, action="store_true",
                    help="keep the default memory allocator (no restart)")
     p.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
@@ -67,6 +72,9 @@ class OtherRankFailed(Exception):
 def prepare_run(args: argparse.Namespace, out: Path) -> Split:
     """Check the run folder and make (or reuse) its split; rank 0 only, it writes split.json."""
     split_path = out / "split.json"
+    lab = None
+    if args.mix_data and (args.resume or args.split_file):
+        raise DataError("--mix-data makes a new split: not with --resume or --split-file")
     if args.resume:
         if not (out / "last.pt").is_file():
             raise DataError(f"nothing to resume: {out / 'last.pt'} does not exist")
@@ -82,9 +90,14 @@ def prepare_run(args: argparse.Namespace, out: Path) -> Split:
         found.pool = limit_per_class(found.pool, args.limit_per_class)
         val = args.val_fraction if args.val_fraction is not None else (
             0.2 if found.test else 0.1)
-        split = make_split(found, val, args.test_fraction, args.seed)
+        lab = prepare_lab_split(found, val, args.test_fraction, args.seed, args.init,
+                                args.mix_data, args.mix_ratio)
+        split = lab.split if lab else make_split(found, val, args.test_fraction, args.seed)
     out.mkdir(parents=True, exist_ok=True)
     split.save(split_path)
+    if lab:
+        lab.save(out)
+        print(f"{PROG}: lab data: {lab.describe()}", file=sys.stderr)
     counts = ", ".join(f"{k} {len(v)}" for k, v in split.parts.items())
     print(f"{PROG}: {split.layout} layout, classes {split.classes}; split {counts}; "
           f"{split.duplicates} byte-identical duplicate(s) kept within one split",
@@ -131,7 +144,8 @@ def run_training(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, split, resume=args.resume)
     except (CheckpointError, DataError) as exc:
         if not args.resume and world.main:  # e.g. a corrupt image: leave --out reusable
-            (out / "split.json").unlink(missing_ok=True)
+            for name in ("split.json", *LAB_FILES):
+                (out / name).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise DataError(str(exc)) from None
@@ -168,7 +182,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    from lgld.training.evaluate import main
+    from lgld.training.compare import main  # plain lgld-eval unless --compare is given
 
     if argv is None and any(a.endswith(".pt") for a in sys.argv[1:]):  # torch's batched path
         reexec_with_allocator("lgld-eval", sys.argv[1:])

@@ -15,6 +15,7 @@ import argparse
 import json
 import platform
 import sys
+from collections import Counter
 from pathlib import Path
 
 from lgld.training.metrics import format_report
@@ -82,6 +83,7 @@ def render(
         "the test part was evaluated once, after selection. The maintainers' held-out images "
         "were never seen.",
         "",
+        *_lab_section(run_dir),
         "## Training",
         "",
         *[
@@ -136,6 +138,45 @@ def render(
     lines += [f"- {x}" for x in limits]
     lines.append("")
     return "\n".join(lines)
+
+
+def _lab_section(run_dir: Path) -> list[str]:
+    """The lab data set behind a fine-tune (lgld-dataset manifest, copied by lgld-train)."""
+    record_path, manifest_path = run_dir / "lab.json", run_dir / "lab-manifest.json"
+    if not record_path.is_file():
+        return []
+    record = json.loads(record_path.read_text())
+    lines = ["## Lab data set", ""]
+    if manifest_path.is_file():
+        m = json.loads(manifest_path.read_text())
+        sessions = [s for src in m["sources"] for s in src["sessions"]]
+        sources = Counter(im["label_source"] for im in m["images"])
+        lines += [
+            f"`lgld-dataset` manifest sha256 `{record.get('manifest_sha256', '?')}` (copy: "
+            f"`{manifest_path.name}` in the run folder): {m['images_total']} images of "
+            f"{m['groups_total']} counted cells, "
+            + ", ".join(f"{c} {n}" for c, n in m["classes"].items())
+            + "; labels from " + ", ".join(f"{k} {n}" for k, n in sorted(sources.items())) + ".",
+            f"- Counted with {m['model'].get('name') or '?'} (sha256 "
+            f"`{(m['model'].get('sha256') or '?')[:16]}`) in {len(sessions)} session(s): "
+            + "; ".join(f"{s['id']} \"{s['sample']}\" ({s['reviewed']} reviewed, "
+                        f"{s['rejected']} rejected, calibration "
+                        f"{'yes' if s['calibration'] else 'none'})" for s in sessions) + ".",
+        ]
+        if m.get("omitted_classes"):
+            lines.append("- Left out (below --min-per-class): " + ", ".join(
+                f"{c} {n}" for c, n in m["omitted_classes"].items()) + ".")
+    mix = record.get("mix")
+    if mix:
+        lines.append(f"- Mixed into train: {mix['images']} images of `{mix['data']}` ("
+                     + ", ".join(f"{c} {n}" for c, n in mix["per_class"].items())
+                     + f"; `--mix-data {mix['data']} --mix-ratio {mix['ratio']}`).")
+    if record.get("groups"):
+        fractions = json.loads((run_dir / "split.json").read_text()).get("fractions", {})
+        lines.append(f"- Split: {record['groups']} counted cells, every crop of one cell in one "
+                     "part; val and test hold the lab's cells only (`--val-fraction "
+                     f"{fractions.get('val')} --test-fraction {fractions.get('test')}`).")
+    return [*lines, ""]
 
 
 def _perturb_rows(pert: dict) -> list[tuple[str, str, float, float]]:

@@ -19,6 +19,7 @@ from lgld.export.bench.peak import PeakError, measure_peak
 from lgld.export.bench.pipeline_row import FRAME_SIZE, pipeline_stages, run_pipeline
 from lgld.export.bench.report import targets
 from lgld.export.bench.timing import in_fresh_process, median_ci, percentile, time_interleaved
+from lgld.runtime.core.cpu import cpu_features
 from lgld.runtime.core.preprocess import preprocess
 from lgld.runtime.core.session import OnnxClassifier
 
@@ -75,7 +76,8 @@ def time_model_rows(m: Models, clf: OnnxClassifier, threads: int, args: argparse
         int8 = OnnxClassifier(m.int8_path, threads=threads)
         x8 = preprocess(sample_images(m.input_size)[0], int8.info.preprocess)
         fns["int8"] = lambda: int8.logits(x8)
-        by_key["int8"].note = f"{m.int8_path.name} ({int8.info.quantization})"
+        by_key["int8"].note = (f"{m.int8_path.name} ({int8.info.quantization}); CPU "
+                               f"{cpu_features().summary()}")
     for key, samples in time_interleaved(fns, args.warmup, args.repeats).items():
         by_key[key].samples_ms = samples
 

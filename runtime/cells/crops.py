@@ -79,8 +79,14 @@ def cell_crops(image: np.ndarray, cells: Sequence[Detection], typical_diameter: 
     if input_size and side != input_size:
         interp = cv2.INTER_AREA if side > input_size else cv2.INTER_LINEAR
         crops = [cv2.resize(c, (input_size, input_size), interpolation=interp) for c in crops]
-    gain = (np.float32(PBC_BACKGROUND) / fill).reshape(1, 1, 3)
-    return [cv2.convertScaleAbs(c.astype(np.float32) * gain) for c in crops]
+    return [white_balanced(c, fill) for c in crops]
+
+
+def white_balanced(crop: np.ndarray, fill: Sequence[float]) -> np.ndarray:
+    """The crop with the frame's background colour ``fill`` brought to PBC_BACKGROUND: what the
+    model sees (and what a saved crop must show, so a data set built from it matches)."""
+    gain = (np.float32(PBC_BACKGROUND) / np.asarray(fill, np.float32)).reshape(1, 1, 3)
+    return cv2.convertScaleAbs(crop.astype(np.float32) * gain)
 
 
 def classify_cells(classifier, image: np.ndarray, cells: Sequence[Detection],

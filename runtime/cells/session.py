@@ -77,6 +77,7 @@ class CountSession:
         crops_dir: str | os.PathLike | None = None,
         log_path: str | os.PathLike | None = None,
         calibration: dict[str, Any] | None = None,
+        crop_budget: Callable[..., None] | None = None,
     ) -> None:
         self.stage = stage
         self.write = write
@@ -85,6 +86,7 @@ class CountSession:
         self.crops_dir = Path(crops_dir).expanduser() if crops_dir else None
         self.log_dir = Path(log_path).expanduser().resolve().parent if log_path else None
         self.calibration = calibration
+        self.crop_budget = crop_budget  # told about every saved file (CropBudget.added)
         self.id: str | None = None
         self.started = 0.0
         self._lock = threading.RLock()
@@ -158,13 +160,14 @@ class CountSession:
                 self.start()
             result = self.stage.classify(prepared, image, now)
             for counted, crop in zip(result.counted, result.crops, strict=True):
-                crop_path = self._save_crop(counted, crop, frame_index)
+                crop_path, context_path = self._save_crop(counted, crop, frame_index, image)
                 self._emit({
                     "event": "cell", "session": self.id, "time": now_iso(),
                     "track": counted.track if counted.track >= 0 else None,
                     "class": counted.label, "confidence": round(counted.confidence, 4),
                     "probs": counted.probs, "frames_seen": counted.frames_seen,
                     "box": list(counted.box), "frame": frame_index, "crop": crop_path,
+                    "context": context_path,
                 })
             for warning in result.warnings:
                 log.warning("frame %d: %s", frame_index, warning)
@@ -182,22 +185,50 @@ class CountSession:
         if self.write is not None:
             self.write(event)
 
-    def _save_crop(self, counted: CountedCell, crop: np.ndarray, frame: int) -> str | None:
+    def _save_crop(self, counted: CountedCell, crop: np.ndarray, frame: int,
+                   image: np.ndarray) -> tuple[str | None, str | None]:
+        """Save the cell's crop (full resolution) and a context thumbnail of the whole frame
+        with the cell boxed; their paths as logged (relative to the log's folder)."""
         if self.crops_dir is None:
-            return None
+            return None, None
         folder = self.crops_dir / f"cells-{self.id}"
         who = f"t{counted.track}" if counted.track >= 0 else f"c{counted.detection_index}"
-        name = f"f{frame}-{who}-{counted.label}.jpg"
+        stem = f"f{frame}-{who}-{counted.label}"
+        saved: list[Path] = []
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
-            if not ok:
-                return None
-            (folder / name).write_bytes(data.tobytes())
+            for name, picture, quality in ((f"{stem}.jpg", crop, 90),
+                                           (f"{stem}.context.jpg", context_thumbnail(
+                                               image, counted.box), 80)):
+                ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
+                if not ok:
+                    break
+                (folder / name).write_bytes(data.tobytes())
+                saved.append(folder / name)
         except OSError as exc:
             log.warning("cannot save the crop of a counted cell in %s: %s", folder, exc.strerror)
-            return None
-        path = (folder / name).resolve()
+        if self.crop_budget is not None and saved:
+            self.crop_budget(*saved)
+        paths = [self._logged_path(p) for p in saved] + [None, None]
+        return paths[0], paths[1]
+
+    def _logged_path(self, path: Path) -> str:
+        path = path.resolve()
         if self.log_dir is not None:
             return os.path.relpath(path, self.log_dir)
         return str(path)
+
+
+#: Width of the whole-frame context thumbnail kept with each counted cell's crop.
+CONTEXT_WIDTH = 320
+
+
+def context_thumbnail(image: np.ndarray, box: Any) -> np.ndarray:
+    """The whole frame, CONTEXT_WIDTH wide, with the cell's box drawn (for the reviewer)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, CONTEXT_WIDTH / w)
+    thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else image.copy()
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
+    cv2.rectangle(thumb, (x0, y0), (x1, y1), (0, 220, 255), 2)
+    return thumb

@@ -19,8 +19,20 @@ from typing import Any
 import numpy as np
 
 from lgld.runtime.cells.count import DifferentialCount
-from lgld.runtime.cells.crops import cell_crop, cell_crops, check_white_cell_model, crop_side
-from lgld.runtime.cells.detect import CellDetector, Detection, Detections, DetectorSettings
+from lgld.runtime.cells.crops import (
+    cell_crop,
+    cell_crops,
+    check_white_cell_model,
+    crop_side,
+    white_balanced,
+)
+from lgld.runtime.cells.detect import (
+    CellDetector,
+    Detection,
+    Detections,
+    DetectorSettings,
+    background_reference,
+)
 from lgld.runtime.cells.track import (
     UNCLASSIFIED,
     CellTracker,
@@ -66,10 +78,12 @@ class CellStage:
         self.tracker_settings = tracker or TrackerSettings()
         self.tracker = CellTracker(self.classes, self.tracker_settings) if tracking else None
         self.count = DifferentialCount(self.classes, target)
+        self._untracked_ids = 0  # images: each counted cell its own id, so it can be reviewed
 
     def reset(self) -> None:
         """Start a new count: counts to zero, tracks forgotten (new tracks get new ids)."""
         self.count.reset()
+        self._untracked_ids = 0
         if self.tracker is not None:
             self.tracker.reset()
 
@@ -105,9 +119,10 @@ class CellStage:
                 result.cells.append(record)
                 if not cell.partial:
                     label = record["class"] if record["state"] == "ok" else UNCLASSIFIED
+                    self._untracked_ids += 1
                     self._counted(result, CountedCell(
-                        -1, label, record["confidence"], record["probs"], 1, cell.box, i),
-                        image, found, side)
+                        self._untracked_ids, label, record["confidence"], record["probs"], 1,
+                        cell.box, i), image, found, side)
         else:
             update = self.tracker.update(found.cells, probs, image.shape[1], now)
             for shown in update.cells:
@@ -131,7 +146,8 @@ class CellStage:
         self.count.add(counted.label)
         result.counted.append(counted)
         centre = found.cells[counted.detection_index].centre
-        result.crops.append(cell_crop(image, centre, side).copy())
+        fill = background_reference(image)  # the saved crop is colour-balanced as the model saw it
+        result.crops.append(white_balanced(cell_crop(image, centre, side, fill), fill))
 
     def _untracked(self, cell: Detection, p: np.ndarray) -> dict[str, Any]:
         k = int(np.argmax(p))

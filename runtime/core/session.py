@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from lgld.runtime.core.cliutil import first_line
+from lgld.runtime.core.cpu import CpuFeatures, cpu_features
 from lgld.runtime.core.modelinfo import ModelInfo, ModelInfoError
 from lgld.runtime.core.preprocess import preprocess_batch
 
@@ -21,6 +22,19 @@ class ModelLoadError(ValueError):
 def default_threads() -> int:
     """Leave one core for capture and encoding (at least one thread)."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def needs_exact_int8_kernels(cpu: CpuFeatures | None = None) -> bool:
+    """True on x86 CPUs without VNNI, where ONNX Runtime's default u8 x s8 int8 kernels add
+    pairs of products in saturating 16-bit lanes and full-range INT8 models give wrong answers.
+
+    There ``session.x64quantprecision`` switches them to exact u8 x u8 kernels. It is not set
+    elsewhere: on VNNI CPUs it would halve INT8 speed for nothing; it never touches fp32 models,
+    and arm64 has no such kernels. lgld's own INT8 models use 7-bit weights (reduce_range), which
+    cannot saturate, so this guards INT8 models made elsewhere or by older lgld versions.
+    """
+    cpu = cpu or cpu_features()
+    return cpu.is_x86 and not cpu.fast_int8
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -41,6 +55,8 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.force_spinning_stop", "1")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if needs_exact_int8_kernels():
+        so.add_session_config_entry("session.x64quantprecision", "1")
     so.log_severity_level = 3
     return so
 

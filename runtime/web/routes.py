@@ -12,6 +12,9 @@
 * ``/api/count``         cell mode: the differential count (counts, %, target, session)
 * ``POST /api/count/reset``  cell mode: end the count session and start a new, empty one
 * ``POST /api/session``  cell mode: the same, with ``{"sample": "label"}`` as the JSON body
+* ``/api/review``        the current count session's cells and counts (cell mode with a log);
+  ``POST`` a correction ``{"track", "action", "class"}``; ``/api/review/crop?track=T`` a crop
+* ``/report``            the current count session's lab report (the lgld-report HTML)
 
 A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
 It needs no checks of its own: every request passes the access checks (:mod:`guard`: Host,
@@ -38,6 +41,7 @@ from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.strictjson import dumps
 from lgld.runtime.pipeline import Pipeline
 from lgld.runtime.render import Renderer
+from lgld.runtime.review.live import ReviewDesk, ReviewError
 from lgld.runtime.trust import STATE_LABELS
 from lgld.runtime.web import mjpeg
 from lgld.runtime.web.guard import AccessGuard
@@ -68,6 +72,7 @@ class App:
         max_streams: int = HttpSection.max_streams,
         snapshot_min_interval_s: float = HttpSection.snapshot_min_interval_s,
         snapshot_max_bytes: int = HttpSection.snapshot_max_mb * 1_000_000,
+        review: ReviewDesk | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.renderer = renderer
@@ -80,6 +85,7 @@ class App:
         self.max_streams = max_streams
         self.streams = 0
         self._streams_lock = threading.Lock()
+        self.review = review  # count sessions: cell mode with a log
         self.stopping = threading.Event()
 
     def open_stream(self) -> bool:
@@ -93,6 +99,11 @@ class App:
     def close_stream(self) -> None:
         with self._streams_lock:
             self.streams -= 1
+
+    def review_desk(self) -> ReviewDesk:
+        if self.review is None:
+            raise ReviewError("review needs cell mode and a log (--mode cells --log FILE)", 409)
+        return self.review
 
     def latest(self) -> dict[str, Any]:
         """/api/latest: the latest result, counts and rates, and the state vocabulary."""
@@ -275,6 +286,8 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/metrics":
                 self._send(200, app.pipeline.snapshot().prometheus().encode(),
                            "text/plain; version=0.0.4; charset=utf-8")
+            elif url.path in ("/api/review", "/api/review/crop", "/report"):
+                self._review_get(app, url.path, query)
             else:
                 self._error(404, f"not found: {url.path}")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -287,6 +300,9 @@ class Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path in ("/api/count/reset", "/api/session"):
             self._new_session(app, body if path == "/api/session" else b"")
+            return
+        if path == "/api/review":
+            self._review_post(app, body)
             return
         if path != "/api/snapshot":
             self._error(404, f"not found: {self.path}")
@@ -317,6 +333,33 @@ class Handler(BaseHTTPRequestHandler):
                 return
         cells.start(sample)
         self._json(200, cells.count())
+
+    def _review_get(self, app: App, path: str, query: dict[str, list[str]]) -> None:
+        try:
+            desk = app.review_desk()
+            if path == "/api/review":
+                self._json(200, desk.gallery())
+            elif path == "/report":
+                self._send(200, desk.report_html().encode(), "text/html; charset=utf-8")
+            else:
+                crop = desk.crop(query.get("track", [""])[0])
+                if crop is None:
+                    self._error(404, "no crop saved for this cell")
+                else:
+                    self._send(200, crop, "image/jpeg")
+        except ReviewError as exc:
+            self._error(exc.status, str(exc))
+
+    def _review_post(self, app: App, body: bytes) -> None:
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            self._error(400, "the body is not JSON")
+            return
+        try:
+            self._json(200, app.review_desk().review(request))
+        except ReviewError as exc:
+            self._error(exc.status, str(exc))
 
     def _stream(self, app: App) -> None:
         self.close_connection = True

@@ -1,0 +1,86 @@
+"""Review a cell-mode session from a label file, as a person at the page would (docs/lab-loop.md).
+
+    python docs/lab-loop/review_from_labels.py results.jsonl docs/lab-loop/bccd-labels.csv
+
+For each counted cell of the log's last session: find its image (the frame record's ``file``)
+and the label-file row whose box overlaps the cell's box best (IoU >= 0.3). A sure or probable
+label confirms the model's class or reclassifies the cell; an unsure row leaves the cell
+unreviewed; a cell that matches no labelled white cell is rejected (an artefact or a red-cell
+clump). The review events go through the page's own check (``review_record``) and are appended
+to the log, exactly the lines the page's review buttons write. Prints what it did.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from lgld.runtime.review.live import review_record
+from lgld.runtime.review.sessionlog import read_log
+
+MIN_IOU = 0.3
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def frame_files(log_path: Path) -> dict[tuple[str, int], str]:
+    """(session, frame index) -> image file name, from the log's frame records."""
+    files = {}
+    with open(log_path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if r.get("event") == "frame" and r.get("file") and isinstance(r.get("frame"), int):
+                files[(r.get("session"), r["frame"])] = Path(r["file"]).name
+    return files
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    log_path, labels_path = Path(argv[0]), Path(argv[1])
+    rows: dict[str, list[dict]] = {}
+    with open(labels_path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            row["box"] = [float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+            rows.setdefault(row["image"], []).append(row)
+    session = read_log(log_path).get()
+    files = frame_files(log_path)
+    done: Counter = Counter()
+    events = []
+    for cell in session.cells:
+        name = files.get((session.id, cell.frame))
+        candidates = [(iou(cell.box, r["box"]), r) for r in rows.get(name, [])] if cell.box else []
+        best_iou, best = max(candidates, key=lambda c: c[0], default=(0.0, None))
+        if best is None or best_iou < MIN_IOU:
+            body = {"track": cell.track, "action": "reject"}
+        elif best["certainty"] == "unsure" or not best["label"]:
+            done["left unreviewed (label unsure)"] += 1
+            continue
+        elif best["label"] == cell.model_class:
+            body = {"track": cell.track, "action": "confirm"}
+        else:
+            body = {"track": cell.track, "action": "reclassify", "class": best["label"]}
+        events.append(review_record(session, body))
+        done[body["action"]] += 1
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+    print(f"session {session.id}: {len(session.cells)} counted cells; "
+          + ", ".join(f"{n} {what}" for what, n in sorted(done.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,93 @@
+"""``lgld-report``: a count session's lab report from the JSONL log alone (works off the Pi).
+
+Exit status: 0 written, 1 the log cannot be read, the session is not in it, or an output cannot
+be written (one line on stderr; nothing is written then), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary, write_atomic
+from lgld.runtime.review.sessionlog import SessionLogError, read_log
+
+PROG = "lgld-report"
+
+EPILOG = """\
+examples:
+  lgld-report results.jsonl -o report.html            the latest session
+  lgld-report results.jsonl --list                     the sessions in the log
+  lgld-report results.jsonl --session 20261201-170254-3fa2 -o r.html --csv cells.csv --json s.json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog=PROG,
+        description="Write the report of a differential-count session (lgld-run --mode cells) "
+        "from its JSONL log: one self-contained HTML file, a per-cell CSV, a JSON summary. "
+        "Rotated siblings (LOG.1, LOG.2 ...) are read too.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("log", metavar="LOG.jsonl", help="the result log lgld-run wrote")
+    p.add_argument("--session", metavar="ID", help="session id (default: the latest)")
+    p.add_argument("-o", "--output", metavar="REPORT.html", help="write the HTML report here")
+    p.add_argument("--csv", metavar="FILE", help="write the per-cell table here")
+    p.add_argument("--json", metavar="FILE", help="write the summary here")
+    p.add_argument("--list", action="store_true", help="list the sessions in the log and exit")
+    return p
+
+
+def _list(log) -> int:
+    for s in log.sessions:
+        start = s.start.isoformat(timespec="seconds") if s.start else "?"
+        label = f"  {s.sample}" if s.sample else ""
+        print(f"{s.id}  {start}  {len(s.cells)} cells{label}")
+    print(f"({log.lines} lines, {log.skipped} skipped)", file=sys.stderr)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    log = read_log(args.log)
+    if args.list:
+        return _list(log)
+    session = log.get(args.session)
+    # build everything first: an error leaves no output behind
+    crops = CropFiles(log)
+    data = summary(log, session, crops)
+    outputs: list[tuple[str, str]] = []
+    if args.output:
+        outputs.append((args.output, render_html(log, session, crops, data)))
+    if args.csv:
+        outputs.append((args.csv, cells_csv(log, session, crops)))
+    if args.json:
+        outputs.append((args.json, json.dumps(data, indent=2) + "\n"))
+    for target, text in outputs:
+        try:
+            write_atomic(target, text)
+        except OSError as exc:
+            raise SessionLogError(f"cannot write {target}: {exc.strerror or exc}") from None
+    counts = session.reviewed_counts()
+    print(f"{PROG}: session {session.id}: {len(session.cells)} cells, "
+          f"{sum(counts.values())} after review; wrote "
+          + ", ".join(str(Path(t)) for t, _ in outputs))
+    if log.skipped:
+        print(f"{PROG}: warning: {log.skipped} torn or foreign lines skipped", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.output or args.csv or args.json or args.list):
+        parser.error("nothing to write: give -o REPORT.html, --csv FILE, --json FILE or --list")
+    return run_cli(PROG, run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -320,7 +321,8 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
-                review = (ReviewDesk(result_log.path, result_log.write)
+                review = (ReviewDesk(result_log.path, result_log.write,
+                                     partial(cells.recount, result_log.path))
                           if cells is not None and result_log is not None else None)
                 server.start(App(
                     pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,

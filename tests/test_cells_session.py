@@ -65,3 +65,26 @@ def test_a_finished_session_is_not_resumed(tmp_path):
                    + json.dumps({"event": "session_end", "session": "A"}) + "\n")
     assert not CountSession(CellStage(WhiteCellModel())).resume(log)
     assert [r["event"] for r in read_records(log)] == ["session_start", "session_end"]
+
+
+def test_a_review_on_the_page_moves_the_live_count_to_the_reviewed_counts(tmp_path):
+    log = tmp_path / "results.jsonl"
+    records = [{"event": "session_start", "session": "B", "sample": "s"},
+               _cell("B", 1, "Neutrophil"), _cell("B", 2, "Lymphocyte"),
+               _cell("B", 3, "Monocyte")]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    session = CountSession(CellStage(WhiteCellModel()))
+    assert session.resume(log)
+    assert session.count()["counts"]["Lymphocyte"] == 1
+    with log.open("a") as fh:  # what ReviewDesk appends, then it calls recount
+        fh.write(json.dumps({"event": "review", "session": "B", "track": 2,
+                             "action": "reclassify", "class": "Basophil"}) + "\n")
+        fh.write(json.dumps({"event": "review", "session": "B", "track": 3,
+                             "action": "reject"}) + "\n")
+    session.recount(log)
+    counts = session.count()["counts"]
+    assert counts["Lymphocyte"] == 0 and counts["Basophil"] == 1 and counts["Monocyte"] == 0
+    assert session.count()["total"] == 2
+    session.start("next")  # a new session's count is not touched by the old log's reviews
+    session.recount(log)
+    assert session.count()["total"] == 0

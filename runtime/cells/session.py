@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,54 @@ def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
                         yield record
         except OSError:
             continue
+
+
+@dataclass
+class _LoggedSession:
+    """The last count session of a log: its cells and the last review of each track."""
+
+    id: str
+    sample: str = ""
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    reviews: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    ended: bool = False
+
+    @property
+    def top_track(self) -> int:
+        return max((c["track"] for c in self.cells if isinstance(c.get("track"), int)), default=0)
+
+    def reviewed_labels(self) -> list[str]:
+        """Each counted cell's label after review (rejected cells left out)."""
+        labels = []
+        for cell in self.cells:
+            label = str(cell.get("class") or UNCLASSIFIED)
+            review = self.reviews.get(cell.get("track"))
+            if review is not None and review.get("action") == "reject":
+                continue
+            if review is not None and review.get("action") == "reclassify":
+                label = str(review.get("class") or label)
+            labels.append(label)
+        return labels
+
+
+def _last_session(log_path: str | os.PathLike) -> _LoggedSession | None:
+    """The log's last count session (None when it has none)."""
+    last: _LoggedSession | None = None
+    ended: set[str] = set()
+    for r in read_records(log_path):
+        event = r.get("event")
+        if event == "session_start" and isinstance(r.get("session"), str):
+            last = _LoggedSession(r["session"], str(r.get("sample") or ""))
+        elif event == "session_end":
+            ended.add(str(r.get("session")))
+        elif last is not None and r.get("session") == last.id:
+            if event == "cell":
+                last.cells.append(r)
+            elif event == "review":
+                last.reviews[r.get("track")] = r
+    if last is not None:
+        last.ended = last.id in ended
+    return last
 
 
 class CountSession:
@@ -117,38 +166,28 @@ class CountSession:
 
     def resume(self, log_path: str | os.PathLike) -> bool:
         """Continue the last session of the log when it did not end; True when resumed."""
-        sid, sample, cells, reviews = None, "", {}, {}
-        ended: set[str] = set()
-        for r in read_records(log_path):
-            event = r.get("event")
-            if event == "session_start" and isinstance(r.get("session"), str):
-                sid, sample, cells, reviews = r["session"], str(r.get("sample") or ""), {}, {}
-            elif event == "session_end":
-                ended.add(str(r.get("session")))
-            elif event == "cell" and r.get("session") == sid:
-                cells[len(cells)] = r
-            elif event == "review" and r.get("session") == sid:
-                reviews[r.get("track")] = r
-        if sid is None or sid in ended:
+        last = _last_session(log_path)
+        if last is None or last.ended:
             return False
         with self._lock:
             self.stage.reset()
-            top = 0
-            for r in cells.values():
-                label = str(r.get("class") or UNCLASSIFIED)
-                review = reviews.get(r.get("track"))
-                if review is not None and review.get("action") == "reject":
-                    continue
-                if review is not None and review.get("action") == "reclassify":
-                    label = str(review.get("class") or label)
-                self.stage.count.add(label)
-                if isinstance(r.get("track"), int):
-                    top = max(top, r["track"])
+            self.stage.count.add_all(last.reviewed_labels())
             if self.stage.tracker is not None:
-                self.stage.tracker.reset(next_id=top + 1)
-            self.id, self.sample, self.started = sid, sample, time.time()
-        log.info("resumed count session %s: %d cells counted", sid, self.stage.count.total)
+                self.stage.tracker.reset(next_id=last.top_track + 1)
+            self.id, self.sample, self.started = last.id, last.sample, time.time()
+        log.info("resumed count session %s: %d cells counted", last.id, self.stage.count.total)
         return True
+
+    def recount(self, log_path: str | os.PathLike) -> None:
+        """Re-derive the running count of the current session from the log with its reviews
+        applied, so the live count panel shows the reviewed counts right after a correction.
+        The log is read under the lock that also guards counting, so no counted cell is missed."""
+        with self._lock:
+            last = _last_session(log_path)
+            if last is None or last.id != self.id:
+                return
+            self.stage.count.reset()
+            self.stage.count.add_all(last.reviewed_labels())
 
     # -- frames --------------------------------------------------------------------------------
 

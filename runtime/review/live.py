@@ -179,9 +179,15 @@ class ReviewDesk:
     app's own log writer, so lines never interleave), crops and report. The current session is
     the latest in the log."""
 
-    def __init__(self, log_path: str | Path, write: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        log_path: str | Path,
+        write: Callable[[dict[str, Any]], None],
+        on_review: Callable[[], None] | None = None,
+    ) -> None:
         self.follower = LogFollower(log_path)
         self.write = write
+        self.on_review = on_review  # e.g. the live count re-derives its reviewed counts
 
     def gallery(self) -> dict[str, Any]:
         with self.follower.current() as log:
@@ -196,6 +202,8 @@ class ReviewDesk:
                 raise ReviewError("no count session yet", 409)
             record = review_record(log.sessions[-1], body)
             self.write(record)
+        if self.on_review is not None:
+            self.on_review()
         return self.gallery()
 
     def crop(self, track: Any) -> bytes | None:

@@ -237,6 +237,16 @@ def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
     assert got == expected
 
 
+@pytest.mark.parametrize(("int8_ratio", "expected"), [(4.6, "PASS"), (2.5, "FAIL")])
+def test_the_int8_row_is_judged_as_the_best_precision(int8_ratio: float, expected: str) -> None:
+    from lgld.export.bench.report import targets
+
+    table = _table(2.6, True, 95.0, 200.0)
+    table["rows"].append({"key": "int8", "ratio_vs_row1": int8_ratio})
+    got = {t["target"]: t["status"] for t in targets(table)}
+    assert got == {"speedup": "FAIL", "speedup_int8": expected, "pipeline": "PASS"}
+
+
 def test_a_shipped_model_without_its_checkpoint_skips_the_torch_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

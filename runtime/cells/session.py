@@ -26,6 +26,7 @@ import numpy as np
 
 from lgld.runtime.cells.stage import CellFrame, CellInput, CellStage
 from lgld.runtime.cells.track import UNCLASSIFIED, CountedCell
+from lgld.runtime.core.files import log_files
 
 log = logging.getLogger("lgld.runtime")
 
@@ -37,17 +38,6 @@ def now_iso() -> str:
 def new_session_id() -> str:
     """YYYYmmdd-HHMMSS-xxxx: the start time plus 4 random hex digits."""
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def log_files(path: str | os.PathLike) -> list[Path]:
-    """A rotated log's files, oldest first: path.N ... path.1, path."""
-    path = Path(path)
-    rotated = []
-    for candidate in path.parent.glob(path.name + ".*"):
-        suffix = candidate.name[len(path.name) + 1 :]
-        if suffix.isdigit():
-            rotated.append((int(suffix), candidate))
-    return [p for _, p in sorted(rotated, reverse=True)] + ([path] if path.exists() else [])
 
 
 def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -28,3 +28,15 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def log_files(path: str | os.PathLike) -> list[Path]:
+    """A rotated JSONL log's files, oldest first: ``path.N`` ... ``path.1``, ``path`` (the log
+    itself is listed even when missing; readers skip what they cannot open)."""
+    path = Path(path)
+    rotated: list[Path] = []
+    n = 1
+    while (sibling := path.with_name(f"{path.name}.{n}")).is_file():
+        rotated.append(sibling)
+        n += 1
+    return [*reversed(rotated), path]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lgld.runtime.core.files import log_files
 from lgld.runtime.review.report import CropFiles, percentages, render_html
 from lgld.runtime.review.sessionlog import (
     REVIEW_ACTIONS,
@@ -22,7 +23,6 @@ from lgld.runtime.review.sessionlog import (
     Session,
     SessionLog,
     SessionReader,
-    log_files,
 )
 
 

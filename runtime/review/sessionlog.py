@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from lgld.runtime.core.files import log_files
+
 UNCLASSIFIED = "unclassified"
 REVIEW_ACTIONS = ("confirm", "reclassify", "reject")
 SESSION_EVENTS = ("session_start", "cell", "review", "session_end", "frame")
@@ -274,20 +276,6 @@ class SessionLog:
         raise SessionLogError(
             f"session {session_id!r} is not in {self.path}; sessions: {', '.join(self.ids())}"
         )
-
-
-def log_files(path: str | Path) -> list[Path]:
-    """The log and its rotated siblings (``.1``, ``.2`` ...), oldest first."""
-    path = Path(path)
-    rotated: list[Path] = []
-    n = 1
-    while True:
-        sibling = path.with_name(f"{path.name}.{n}")
-        if not sibling.is_file():
-            break
-        rotated.append(sibling)
-        n += 1
-    return [*reversed(rotated), path]
 
 
 def _iter_lines(files: Iterable[Path]) -> Iterator[bytes]:

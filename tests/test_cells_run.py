@@ -18,7 +18,7 @@ from conftest import free_port, read_jsonl
 
 from lgld.runtime import cli
 from lgld.runtime.cells.evaluate import iou, voc_boxes
-from lgld.runtime.cells.session import read_records
+from lgld.runtime.core.jsonlog import read_records
 
 BCCD = Path(__file__).resolve().parent / "data" / "bccd"
 COMMON = ["--model", "wbc5-128", "--mode", "cells", "--preview", "off", "--threads", "1"]

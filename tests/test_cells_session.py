@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 
-from lgld.runtime.cells.session import CountSession, read_records
+from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
+from lgld.runtime.core.jsonlog import read_records
 
 CLASSES = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 
@@ -88,3 +89,19 @@ def test_a_review_on_the_page_moves_the_live_count_to_the_reviewed_counts(tmp_pa
     session.start("next")  # a new session's count is not touched by the old log's reviews
     session.recount(log)
     assert session.count()["total"] == 0
+
+
+def test_resume_and_the_review_reader_agree_on_a_torn_line_with_an_event_appended(tmp_path):
+    from lgld.runtime.review.sessionlog import read_log
+
+    log = tmp_path / "results.jsonl"
+    head = [{"event": "session_start", "session": "B", "sample": "s"}, _cell("B", 1, "Monocyte")]
+    torn = json.dumps(_cell("B", 2, "Basophil"))[:40]  # a crash mid-write, then a restart
+    log.write_text("".join(json.dumps(r) + "\n" for r in head) + torn
+                   + json.dumps(_cell("B", 3, "Neutrophil")) + "\n")
+    session = CountSession(CellStage(WhiteCellModel()))
+    assert session.resume(log)
+    reviewed = read_log(log).get("B").reviewed_counts()
+    live = {k: v for k, v in session.count()["counts"].items() if v}
+    assert live == reviewed
+    assert session.count()["total"] == 2 and reviewed == {"Monocyte": 1, "Neutrophil": 1}

@@ -9,13 +9,12 @@ cell is one line in the log, a restart continues the last session where it stopp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from lgld.runtime.cells.stage import CellFrame, CellInput, CellStage
 from lgld.runtime.cells.track import UNCLASSIFIED, CountedCell
-from lgld.runtime.core.files import log_files
+from lgld.runtime.core.jsonlog import read_records
 
 log = logging.getLogger("lgld.runtime")
 
@@ -38,22 +37,6 @@ def now_iso() -> str:
 def new_session_id() -> str:
     """YYYYmmdd-HHMMSS-xxxx: the start time plus 4 random hex digits."""
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Every JSON object of a log and its rotated siblings, oldest first; torn lines skipped."""
-    for file in log_files(path):
-        try:
-            with open(file, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(record, dict):
-                        yield record
-        except OSError:
-            continue
 
 
 @dataclass

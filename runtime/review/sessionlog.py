@@ -9,15 +9,14 @@ a truncated copy) and lines that are not lgld records are skipped and counted, n
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lgld.runtime.core.files import log_files
+from lgld.runtime.core.jsonlog import iter_lines, parse_line
 
 UNCLASSIFIED = "unclassified"
 REVIEW_ACTIONS = ("confirm", "reclassify", "reject")
@@ -278,24 +277,6 @@ class SessionLog:
         )
 
 
-def _iter_lines(files: Iterable[Path]) -> Iterator[bytes]:
-    for file in files:
-        with open(file, "rb") as handle:
-            yield from handle
-
-
-def _after_torn_prefix(line: bytes) -> Any:
-    """The event appended right after a torn line (a crash mid-write, then a restart appends
-    to the same line), or None: the first ``{"event"`` from which the rest of the line parses."""
-    start = line.find(b'{"event"', 1)
-    while start > 0:
-        try:
-            return json.loads(line[start:].decode("utf-8"))
-        except ValueError:
-            start = line.find(b'{"event"', start + 1)
-    return None
-
-
 class SessionReader:
     """Folds log lines into sessions, one line at a time (``feed``), so a follower can keep
     reading a live log where it stopped."""
@@ -321,11 +302,9 @@ class SessionReader:
         if not line.strip():
             self.lines -= 1
             return
-        try:
-            record = json.loads(line.decode("utf-8"))
-        except ValueError:  # a torn line, bad UTF-8 (UnicodeDecodeError is a ValueError)
+        record, whole = parse_line(line)
+        if not whole:  # a torn line or bad UTF-8; the event appended after it still counts
             self.skipped += 1
-            record = _after_torn_prefix(line)
             if record is None:
                 return
         if not isinstance(record, dict):
@@ -436,7 +415,7 @@ def read_log(path: str | Path) -> SessionLog:
     files = log_files(path)
     reader = SessionReader()
     try:
-        for line in _iter_lines(files):
+        for line in iter_lines(files):
             reader.feed(line)
     except OSError as exc:
         raise SessionLogError(f"cannot read log {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,58 @@
+"""Reading lgld's JSON-lines logs back, the same way for every reader (count resume, review).
+
+A line torn by a crash mid-write is not fatal: when a restart appended the next event to the
+same line, that event is recovered; anything else on such a line is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lgld.runtime.core.files import log_files
+
+
+def _after_torn_prefix(line: bytes) -> Any:
+    """The event appended right after a torn line, or None: the first ``{"event"`` from which
+    the rest of the line parses."""
+    start = line.find(b'{"event"', 1)
+    while start > 0:
+        try:
+            return json.loads(line[start:].decode("utf-8"))
+        except ValueError:
+            start = line.find(b'{"event"', start + 1)
+    return None
+
+
+def parse_line(line: bytes) -> tuple[Any, bool]:
+    """``(value, whole)``: a line's JSON value and True, or for a torn line (or bad UTF-8) the
+    event recovered after it (None when there is none) and False."""
+    try:
+        return json.loads(line.decode("utf-8")), True
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return _after_torn_prefix(line), False
+
+
+def iter_lines(files: Iterable[Path]) -> Iterator[bytes]:
+    """Every line of the files in order (OSError propagates: the caller says what failed)."""
+    for file in files:
+        with open(file, "rb") as handle:
+            yield from handle
+
+
+def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Every JSON object of a log and its rotated siblings, oldest first, torn lines recovered
+    or skipped; files that cannot be opened (a missing log) are skipped."""
+    for file in log_files(path):
+        try:
+            with open(file, "rb") as handle:
+                lines = list(handle)
+        except OSError:
+            continue
+        for line in lines:
+            value, _ = parse_line(line)
+            if isinstance(value, dict):
+                yield value

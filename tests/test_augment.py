@@ -70,3 +70,21 @@ def test_augmented_light_stays_within_one_stop_and_the_correction_takes_most_of_
     # one stop down moves a 225 background to ~165; never further (the range is +-1 EV)
     assert max(shifted) < 75 and np.median(shifted) > 5
     assert np.median(residual) < np.median(shifted) / 2
+
+
+def _largest_cast(white_balance: float) -> float:
+    """The largest red or blue gain relative to green (linear light) over 200 augmentations of
+    a mid-grey image, without stain jitter."""
+    grey = np.full((32, 32, 3), 100, np.uint8)
+    worst = 0.0
+    for seed in range(200):
+        r, g, b = augment(grey, seed, color=0.0, white_balance=white_balance).reshape(-1, 3).mean(0)
+        for channel in (r, b):
+            worst = max(worst, abs(_linear(channel) / _linear(g) - 1.0))
+    return worst
+
+
+def test_the_white_balance_range_sets_how_far_red_and_blue_move() -> None:
+    assert _largest_cast(0.0) < 0.04  # only sensor noise and rounding
+    assert 0.15 < _largest_cast(0.2) < 0.25
+    assert 0.25 < _largest_cast(0.3) < 0.36

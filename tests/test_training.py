@@ -17,6 +17,7 @@ from lgld.training.cli import train_main
 from lgld.training.data import DataError, discover, make_split
 from lgld.training.evaluate import summarise
 from lgld.training.metrics import compute_metrics, confusion_matrix, format_report
+from lgld.training.recipes import get_recipe
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "train_samples"  # 64x64 ALL fields
 
@@ -259,6 +260,7 @@ def _corrupt_image(tmp: Path) -> list[str]:
     ("unknown layout", lambda t: ["--data", str(t), "--layout", "kaggle"], "invalid choice"),
     ("corrupt image", _corrupt_image, "zz_broken.png"),
     ("bad input size", lambda t: ["--data", str(t), "--input-size", "40"], "multiple of 16"),
+    ("bad white balance", lambda t: ["--data", str(t), "--white-balance", "-0.1"], "[0, 1)"),
     ("resume nothing", lambda t: ["--data", str(t), "--resume"], "nothing to resume"),
 ])
 def test_bad_input_one_line_error(tmp_path: Path, capsys, case: str, make, needle: str) -> None:
@@ -271,6 +273,15 @@ def test_bad_input_one_line_error(tmp_path: Path, capsys, case: str, make, needl
     assert not any("Traceback" in line for line in err)
     if case == "corrupt image":  # nothing half-made is left behind: the same --out works later
         assert not out.exists()
+
+
+def test_a_run_saved_before_the_white_balance_field_still_resumes_at_its_old_range() -> None:
+    current = loop.TrainConfig(data="d", out="o", recipe=get_recipe("finetune")).identity()
+    saved = json.loads(json.dumps(current))
+    del saved["recipe"]["white_balance"]  # a run saved before the field existed used +-0.2
+    assert loop.same_run(saved, current)
+    wider = loop.TrainConfig(data="d", out="o", recipe=get_recipe("finetune", white_balance=0.3))
+    assert not loop.same_run(saved, wider.identity())
 
 
 def test_data_error_is_one_line(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from lgld.runtime.core.preprocess import linear_gain_lut
 from lgld.training.perturb import stain_od_shift
 
 MAX_EV = 1.0  # exposure range, +- stops
-MAX_WHITE_BALANCE = 0.2  # red and blue gains within +-20%
+WHITE_BALANCE = 0.2  # default range of the red and blue gains: +-20%
 STAIN_SPREAD, STAIN_BIAS = 0.08, 0.015  # stain jitter at color=1 (OD scale, OD offset)
 
 
@@ -41,12 +41,14 @@ def _geometry(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def augment(image: np.ndarray, seed: int, color: float = 1.0) -> np.ndarray:
+def augment(image: np.ndarray, seed: int, color: float = 1.0,
+            white_balance: float = WHITE_BALANCE) -> np.ndarray:
     """Return an augmented copy of an HxWx3 uint8 RGB image (same size).
 
     ``color`` scales the stain jitter (0: none, for data sets whose classes differ in stain
-    colour, where jitter would erase a real in-distribution cue); exposure, white balance,
-    blur and noise are always applied.
+    colour, where jitter would erase a real in-distribution cue); ``white_balance`` is the
+    range of the red and blue gains (+-, linear light). Exposure, white balance, blur and noise
+    are always applied.
     """
     rng = np.random.default_rng(seed)
     out = _geometry(image, rng)
@@ -58,7 +60,7 @@ def augment(image: np.ndarray, seed: int, color: float = 1.0) -> np.ndarray:
         out = cv2.GaussianBlur(out, (0, 0), sigmaX=float(rng.uniform(0.3, 1.2)))
     if rng.random() < 0.8:
         gains = np.full(3, 2.0 ** rng.uniform(-MAX_EV, MAX_EV))
-        gains[[0, 2]] *= 1.0 + rng.uniform(-MAX_WHITE_BALANCE, MAX_WHITE_BALANCE, 2)
+        gains[[0, 2]] *= 1.0 + rng.uniform(-white_balance, white_balance, 2)
         out = cv2.LUT(out, linear_gain_lut(gains))
     if rng.random() < 0.3:  # sensor noise: shot noise plus read noise, in 8-bit levels
         photons = rng.uniform(300.0, 2000.0)

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--color-jitter", type=float,
                    help="scale of colour/stain augmentation (default 1; 0 = geometric only)")
+    p.add_argument("--white-balance", type=float,
+                   help="range of the white-balance augmentation: red and blue gains within "
+                        "+-this in linear light (default 0.2)")
     p.add_argument("--illumination", choices=("none", "background"), default="none",
                    help="illumination correction in the preprocessing (background: map the "
                         "slide background to the training set's median, in linear light)")
@@ -116,9 +119,12 @@ def run_training(args: argparse.Namespace) -> int:
     split, error = None, None
     if world.main:  # only rank 0 touches the run folder; the others receive its split
         try:
-            recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
+            recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
+                        args.white_balance)
             if recipe.epochs < 1 or recipe.batch_size < 1:
                 raise DataError("--epochs and --batch-size must be >= 1")
+            if not 0.0 <= recipe.white_balance < 1.0:
+                raise DataError("--white-balance must be in [0, 1): the +- range of the gains")
             if recipe.batch_size % world.size:
                 raise DataError(f"--batch-size {recipe.batch_size} (the global batch) must be "
                                 f"a multiple of the {world.size} processes")
@@ -132,7 +138,8 @@ def run_training(args: argparse.Namespace) -> int:
         if world.main:
             raise DataError(error)
         raise OtherRankFailed
-    recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter)
+    recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
+                        args.white_balance)
     cfg = TrainConfig(
         data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
         variant=args.variant, seed=args.seed, device=args.device,

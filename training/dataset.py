@@ -20,7 +20,7 @@ from lgld.runtime.core.preprocess import (
     read_image,
     resize_rgb,
 )
-from lgld.training.augment import augment
+from lgld.training.augment import WHITE_BALANCE, augment
 from lgld.training.data import DataError, Item
 
 
@@ -98,10 +98,12 @@ class CachedDataset(Dataset):
     (training), then illumination-corrected and normalised with the shared preprocessing."""
 
     def __init__(
-        self, cache: ImageCache, spec: PreprocessSpec, train: bool, color: float = 1.0
+        self, cache: ImageCache, spec: PreprocessSpec, train: bool, color: float = 1.0,
+        white_balance: float = WHITE_BALANCE,
     ) -> None:
         self.images = cache.resized(spec)
         self.color = color
+        self.white_balance = white_balance
         self.labels = cache.labels
         self.spec = spec
         self.train = train
@@ -113,7 +115,7 @@ class CachedDataset(Dataset):
         idx, seed = key
         image = self.images[idx]
         if self.train:
-            image = augment(image, seed, self.color)
+            image = augment(image, seed, self.color, self.white_balance)
         image = correct_illumination(image, self.spec)
         return torch.from_numpy(normalize(image, self.spec)), int(self.labels[idx])
 

@@ -210,6 +210,8 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
         )
         if recipe.get("color_jitter", 1.0) != 1.0:
             command += f" --color-jitter {recipe.get('color_jitter')}"
+        if recipe.get("white_balance", 0.2) != 0.2:
+            command += f" --white-balance {recipe.get('white_balance')}"
         if run.get("illumination", "none") != "none":
             command += f" --illumination {run['illumination']}"
         init = run.get("init") or ""

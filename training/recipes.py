@@ -22,6 +22,7 @@ class Recipe:
     label_smoothing: float = 0.1
     augment: bool = True
     color_jitter: float = 1.0  # scale of the stain/brightness/contrast jitter (0: none)
+    white_balance: float = 0.2  # red and blue gains within +-this in linear light
     # Progressive resizing: train the first `small_fraction` of epochs at
     # `small_factor` x the final input size (rounded to a multiple of 16), then at full size.
     small_fraction: float = 0.4
@@ -42,6 +43,7 @@ def get_recipe(
     epochs: int | None = None,
     batch_size: int | None = None,
     color_jitter: float | None = None,
+    white_balance: float | None = None,
 ) -> Recipe:
     """``paper``: Adam lr 1e-2, StepLR(5, 0.5), 50 epochs, batch 32, no augmentation.
     ``default``: AdamW + warm-up/cosine, label smoothing, smear-aware augmentation and
@@ -68,4 +70,6 @@ def get_recipe(
         changes["batch_size"] = batch_size
     if color_jitter is not None:
         changes["color_jitter"] = color_jitter
+    if white_balance is not None:
+        changes["white_balance"] = white_balance
     return Recipe(**{**asdict(r), **changes}) if changes else r

@@ -49,10 +49,9 @@ def read_records(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     for file in log_files(path):
         try:
             with open(file, "rb") as handle:
-                lines = list(handle)
+                for line in handle:
+                    value, _ = parse_line(line)
+                    if isinstance(value, dict):
+                        yield value
         except OSError:
             continue
-        for line in lines:
-            value, _ = parse_line(line)
-            if isinstance(value, dict):
-                yield value

@@ -41,6 +41,7 @@ from lgld.runtime.config import (
     parse_roi,
     to_toml,
 )
+from lgld.runtime.core.cliutil import OneLineParser
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision
@@ -80,13 +81,8 @@ HTTP port in use)
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {PROG} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description="Classify blood cells live from a microscope camera with an LGLD-Net ONNX "
         "model (no torch needed). Flags override the --config file.",

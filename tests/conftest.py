@@ -157,6 +157,21 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make lgld-train stop as Ctrl-C would, right after it saved epoch 1's last.pt (exit 130);
+    ``monkeypatch.undo()`` lets the next run go on normally."""
+    from lgld.training import loop  # torch: only the training tests that call this pay for it
+
+    save = loop.Trainer._save
+
+    def save_then_interrupt(self, name: str, epoch: int, val_metrics) -> None:
+        save(self, name, epoch, val_metrics)
+        if name == "last.pt" and epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_save", save_then_interrupt)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_after_first_epoch
 
-from lgld.training import loop
 from lgld.training.cli import train_main
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "train_samples"
@@ -71,14 +71,7 @@ def test_two_gloo_processes_write_one_run(tmp_path: Path) -> None:
 def test_resume_under_torchrun_continues_a_run(tmp_path: Path, monkeypatch) -> None:
     data, out = small_folder(tmp_path / "data"), tmp_path / "run"
     args = [*common(data), "--out", str(out), "--epochs", "2"]
-    save = loop.Trainer._save
-
-    def save_then_interrupt(self, name: str, epoch: int, val_metrics) -> None:
-        save(self, name, epoch, val_metrics)
-        if name == "last.pt" and epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "_save", save_then_interrupt)
+    interrupt_after_first_epoch(monkeypatch)
     torch.set_num_threads(1)
     assert train_main(args) == 130  # one process, stopped after epoch 1
     monkeypatch.undo()

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_after_first_epoch
 
 from lgld.training import loop
 from lgld.training.cli import train_main
@@ -165,14 +166,7 @@ def test_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert run_cli(train_main, [*args, "--out", str(straight)]) == 0
 
-    save = loop.Trainer._save
-
-    def save_then_interrupt(self, name: str, epoch: int, val_metrics) -> None:
-        save(self, name, epoch, val_metrics)
-        if name == "last.pt" and epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "_save", save_then_interrupt)
+    interrupt_after_first_epoch(monkeypatch)
     assert run_cli(train_main, [*args, "--out", str(resumed)]) == 130  # Ctrl-C after epoch 1
     monkeypatch.undo()
     assert torch.load(resumed / "last.pt", weights_only=True)["extra"]["epoch"] == 1

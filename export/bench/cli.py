@@ -27,7 +27,7 @@ from lgld.export.bench.rss import format_rss, rss_check
 from lgld.export.bench.study import format_study, run_study
 from lgld.export.bench.table import run_table, run_table_isolated
 from lgld.export.bench.train import add_train_arguments, run_train
-from lgld.runtime.core.cliutil import run_cli
+from lgld.runtime.core.cliutil import OneLineParser, run_cli
 from lgld.runtime.core.session import OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 
@@ -46,13 +46,8 @@ def parse_threads(text: str | None) -> list[int]:
     return values
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        self.exit(2, f"{PROG}: error: {message} (see {PROG} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description="Benchmark lgld against the paper-style PyTorch model on this machine: "
         "median/p90 latency, FPS, ratios, GMAC/s vs the SGEMM peak, the live pipeline, "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ import cv2
 import numpy as np
 
 from lgld.runtime.config import CalibrationSection
+from lgld.runtime.core.files import default_state_dir
 from lgld.runtime.core.preprocess import srgb_to_linear
 
 CALIBRATION_FILE = "calibration.json"
@@ -201,10 +201,7 @@ def state_dir(cfg: CalibrationSection) -> Path:
     service's /var/lib/lgld), else ~/.local/state/lgld."""
     if cfg.dir:
         return Path(cfg.dir).expanduser()
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "lgld"
+    return default_state_dir()
 
 
 def save(cal: Calibration, folder: Path) -> Path:

@@ -42,6 +42,7 @@ from lgld.runtime.config import (
     to_toml,
 )
 from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.domain import DomainCheck, DomainError, DomainReference
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision
@@ -52,6 +53,7 @@ from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
+from lgld.runtime.review import validation
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource
@@ -402,15 +404,34 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
                             (lambda: reviewed_crops(log_path)) if log_path else frozenset)
     session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
                            cfg.http.snapshot_dir or None, cfg.log.path or None,
-                           crop_budget=budget.added if budget else None)
+                           crop_budget=budget.added if budget else None,
+                           domain=_domain_check(cfg, info.domain, model["sha256"]))
     if not (tracking and c.resume and result_log and session.resume(result_log.path)):
         session.start()
     return session
 
 
+def _domain_check(cfg: RunConfig, reference: dict[str, Any], sha256: str) -> DomainCheck:
+    """The per-session microscope check: the model's reference and its stored validations."""
+    ref = None
+    if reference:
+        try:
+            ref = DomainReference.from_dict(reference)
+        except DomainError as exc:
+            log.warning("model: %s; the microscope is not checked", exc)
+    try:
+        records = validation.load(calibration.state_dir(cfg.calibration))
+    except validation.ValidationError as exc:
+        log.warning("%s", exc)
+        records = []
+    return DomainCheck(ref, max(1, cfg.cells.domain_cells), validation.for_model(records, sha256))
+
+
 def _count_line(count: dict[str, Any]) -> str:
     parts = [f"{k} {v} ({count['percent'][k]:.0f}%)" for k, v in count["counts"].items() if v]
-    return f"{count['total']}/{count['target']} cells" + (": " + ", ".join(parts) if parts else "")
+    line = f"{count['total']}/{count['target']} cells" + (": " + ", ".join(parts) if parts else "")
+    domain = count.get("domain")
+    return line + (f"; microscope: {domain['state']} ({domain['message']})" if domain else "")
 
 
 def _message(exc: BaseException) -> str:

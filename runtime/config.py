@@ -125,6 +125,9 @@ class CellsSection:
     target: int = _f(100, "Cells per differential count (100 or 200); then 'count complete'.")
     sample: str = _f("", "Free-text label of the sample, written with each count session.")
     resume: bool = _f(True, "On start, continue the last count session found in the log.")
+    domain_cells: int = _f(50, "The microscope check of each count session scores its first\n"
+                               "this many counted cells against the model's training images\n"
+                               "(validated / familiar / new microscope).")
     crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved with\n"
                                       "[http] snapshot_dir): past it the oldest unreviewed cells'\n"
                                       "crops go first, reviewed ones last; 0 = no limit.")

@@ -25,6 +25,7 @@ import numpy as np
 
 from lgld.runtime.cells.stage import CellFrame, CellInput, CellStage
 from lgld.runtime.cells.track import UNCLASSIFIED, CountedCell
+from lgld.runtime.core.domain import DomainCheck
 from lgld.runtime.core.jsonlog import read_records
 
 log = logging.getLogger("lgld.runtime")
@@ -100,8 +101,10 @@ class CountSession:
         log_path: str | os.PathLike | None = None,
         calibration: dict[str, Any] | None = None,
         crop_budget: Callable[..., None] | None = None,
+        domain: DomainCheck | None = None,
     ) -> None:
         self.stage = stage
+        self.domain = domain  # the microscope check of each session (core.domain)
         self.write = write
         self.model = model or {}
         self.sample = sample
@@ -122,6 +125,8 @@ class CountSession:
             if sample is not None:
                 self.sample = sample
             self.stage.reset()
+            if self.domain is not None:
+                self.domain.reset()
             self.id = new_session_id()
             self.started = time.time()
             self._emit({"event": "session_start", "session": self.id, "time": now_iso(),
@@ -133,8 +138,11 @@ class CountSession:
         """Write session_end for the current session (idempotent)."""
         with self._lock:
             if self.id is not None:
-                self._emit({"event": "session_end", "session": self.id, "time": now_iso(),
-                            "counted": self.stage.count.total})
+                end = {"event": "session_end", "session": self.id, "time": now_iso(),
+                       "counted": self.stage.count.total}
+                if self.domain is not None:
+                    end["domain"] = self.domain.state()
+                self._emit(end)
                 self.id = None
 
     def resume(self, log_path: str | os.PathLike) -> bool:
@@ -181,6 +189,10 @@ class CountSession:
                     "box": list(counted.box), "frame": frame_index, "crop": crop_path,
                     "context": context_path,
                 })
+            if self.domain is not None and self.domain.add(result.logits):
+                state = self.domain.state()
+                log.info("count session %s: %s", self.id, state["message"])
+                self._emit({"event": "domain", "session": self.id, "time": now_iso(), **state})
             for warning in result.warnings:
                 log.warning("frame %d: %s", frame_index, warning)
             return result
@@ -188,7 +200,8 @@ class CountSession:
     def count(self) -> dict[str, Any]:
         """/api/count: the counts plus the session they belong to."""
         state = self.stage.count.to_dict()
-        state.update(session=self.id, sample=self.sample)
+        state.update(session=self.id, sample=self.sample,
+                     domain=None if self.domain is None else self.domain.state())
         return state
 
     # -- helpers -------------------------------------------------------------------------------

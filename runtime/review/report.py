@@ -443,6 +443,19 @@ def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
     )
 
 
+def _microscope_html(micro: dict[str, Any] | None) -> str:
+    """The session's microscope check and this model's stored validation, as one paragraph."""
+    if not micro:
+        return ""
+    text = f"Microscope: {micro.get('state', '?')}. {micro.get('message', '')}"
+    for rec in micro.get("validations", [])[-1:]:
+        v = rec.get("validation", {})
+        text += (f" Validation stored for this model (session {rec.get('session')}): "
+                 f"{v.get('right')}/{v.get('reviewed')} reviewed cells right, 95% CI "
+                 f"{100 * v.get('ci95', [0, 0])[0]:.0f}-{100 * v.get('ci95', [0, 0])[1]:.0f}%.")
+    return f'<p class="sub">{escape(text)}</p>'
+
+
 def render_html(log: SessionLog, session: Session, crops: CropFiles | None = None,
                 data: dict[str, Any] | None = None) -> str:
     """The whole report as one self-contained HTML document (``data``: its summary, when the
@@ -550,6 +563,7 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
 <p class="sub">Session <code>{escape(session.id)}</code> · {escape(_fmt_time(session.start))}
  · model {escape(model.name or 'unknown')} ({escape(model.precision or '?')})</p>
 <p class="warn">Research and education software, not a diagnostic device.</p></header>
+{_microscope_html(data.get("microscope"))}
 <div class="cards">{cards_html}</div>
 <h2>Differential count</h2>
 <div class="two wide"><div>{_counts_table(data, colours)}</div>

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lgld.runtime.core.files import log_files
+from lgld.runtime.review.order import review_order
 from lgld.runtime.review.report import CropFiles, percentages, render_html
 from lgld.runtime.review.sessionlog import (
     REVIEW_ACTIONS,
@@ -112,6 +113,7 @@ def gallery(log: SessionLog, session: Session) -> dict[str, Any]:
         "cells_total": len(session.cells),
         "reviewed_total": sum(reviewed.values()),
         "rejected": session.rejected,
+        "review_first": review_first(session),
         "cells": [
             {
                 "track": cell.track,
@@ -124,6 +126,14 @@ def gallery(log: SessionLog, session: Session) -> dict[str, Any]:
             for cell in session.cells
         ],
     }
+
+
+def review_first(session: Session, limit: int = 24) -> list[Any]:
+    """Tracks of the unreviewed cells to review first for adapting the model (review.order)."""
+    todo = [c for c in session.cells if c.review is None and c.probs]
+    classes = session.classes()
+    probs = [[float(c.probs.get(k) or 0.0) for k in classes] for c in todo]
+    return [todo[i].track for i in review_order(probs)[:limit]]
 
 
 def review_classes(session: Session) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,33 +30,58 @@ class AdaptError(ValueError):
     """A log, session or crop folder that cannot feed an adaptation."""
 
 
-def session_crops(log_path: str | os.PathLike, session: str | None = None,
-                  crops_dir: str | os.PathLike | None = None) -> tuple[str, list[Path]]:
-    """(session id, crop files) of a count session's counted cells; the last session by
-    default. Crop paths are logged relative to the log's folder; ``crops_dir`` stands in for
-    that folder when the crops were copied elsewhere."""
+@dataclass
+class SessionCells:
+    """A count session's counted cells with a saved crop, and their reviewed labels."""
+
+    session: str
+    crops: list[Path]
+    labels: list[str | None]  # after review: the class; None = unreviewed
+
+    def reviewed(self) -> list[tuple[Path, str]]:
+        return [(c, k) for c, k in zip(self.crops, self.labels, strict=True) if k]
+
+
+def session_cells(log_path: str | os.PathLike, session: str | None = None,
+                  crops_dir: str | os.PathLike | None = None) -> SessionCells:
+    """The counted cells of a session (the last one by default) with their crops. Crop paths
+    are logged relative to the log's folder; ``crops_dir`` stands in for that folder when the
+    crops were copied elsewhere. Rejected cells (not white cells) are left out."""
     log_path = Path(log_path)
     if not log_path.is_file():
         raise AdaptError(f"log not found: {log_path}")
     base = Path(crops_dir) if crops_dir else log_path.resolve().parent
-    cells: dict[str, list[str]] = {}
+    cells: dict[str, list[dict]] = {}
+    reviews: dict[str, dict] = {}
     for r in read_records(log_path):
         sid = r.get("session")
-        if r.get("event") == "cell" and isinstance(sid, str) and isinstance(r.get("crop"), str):
-            cells.setdefault(sid, []).append(r["crop"])
+        if not isinstance(sid, str):
+            continue
+        if r.get("event") == "cell" and isinstance(r.get("crop"), str):
+            cells.setdefault(sid, []).append(r)
+        elif r.get("event") == "review":
+            reviews.setdefault(sid, {})[str(r.get("track"))] = r
     if not cells:
         raise AdaptError(f"{log_path}: no counted cell with a saved crop (count with "
                          "[http] snapshot_dir set)")
     sid = session or list(cells)[-1]
     if sid not in cells:
         raise AdaptError(f"{log_path}: no session {sid[:40]!r} with saved crops")
-    paths = [base / p for p in cells[sid]]
-    missing = [p for p in paths if not p.is_file()]
+    out = SessionCells(sid, [], [])
+    for cell in cells[sid]:
+        review = reviews.get(sid, {}).get(str(cell.get("track")))
+        action = review.get("action") if review else None
+        if action == "reject":
+            continue
+        out.crops.append(base / cell["crop"])
+        out.labels.append(str(cell.get("class")) if action == "confirm" else
+                          str(review.get("class")) if action == "reclassify" else None)
+    missing = [p for p in out.crops if not p.is_file()]
     if missing:
-        raise AdaptError(f"{len(missing)} of {len(paths)} crops of session {sid} not found, "
-                         f"e.g. {missing[0]} (pass the folder the crops were copied to as "
-                         "--crops)")
-    return sid, paths
+        raise AdaptError(f"{len(missing)} of {len(out.crops)} crops of session {sid} not "
+                         f"found, e.g. {missing[0]} (pass the folder the crops were copied to "
+                         "as --crops)")
+    return out
 
 
 def load_inputs(paths: Sequence[Path], spec: PreprocessSpec) -> torch.Tensor:
@@ -122,7 +148,7 @@ def tent(model: nn.Module, inputs: torch.Tensor, steps: int = 10, lr: float = 1e
         opt.zero_grad()
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     for p in model.parameters():
         p.requires_grad_(True)
     return history

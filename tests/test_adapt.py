@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # a tiny model: more threads only fight over a shared machine
 
 from lgld.models.checkpoint import save_checkpoint  # noqa: E402
 from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
@@ -82,11 +83,12 @@ def test_finetune_fits_the_classifier_layer_to_reviewed_cells():
     y = torch.tensor([k % 5 for k in range(20)])
     x = torch.rand(20, 3, 32, 32) * 0.1 + (y.float() / 5).view(-1, 1, 1, 1)  # one tint a class
     trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.6")}
-    finetune(model, x, y, steps=400, lr=5e-2, anchor=0.0)
+    history = finetune(model, x, y, steps=1500, lr=0.2, anchor=0.0, label_smoothing=0.0)
+    assert history[-1] < history[0] / 2
     with torch.no_grad():
         right = (model(x).argmax(1) == y).float().mean()
         assert torch.allclose(model.head[-1](pooled_features(model, x)), model(x), atol=1e-5)
-    assert right >= 0.8
+    assert right >= 0.9
     for k, v in model.state_dict().items():
         if k in trunk:
             assert torch.equal(v, trunk[k]), k

@@ -74,6 +74,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--pbc", type=int, default=60, help="PBC val crops scored (default 60)")
     p.add_argument("--mix-pool", type=int, default=150, help="PBC train crops to mix from")
     p.add_argument("--seeds", type=int, default=3, help="random review orders (default 3)")
+    p.add_argument("--starts", default="",
+                   help="comma-separated unsupervised configurations the reviewed-cell runs "
+                   "start from (default: none and the best one measured)")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the unsupervised sweep (with --starts)")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -119,6 +124,8 @@ def main(argv: list[str]) -> int:
     configs = {"none": (0.0, 0), "adabn 0.3": (0.3, 0), "adabn 0.5": (0.5, 0),
                "adabn 1.0": (1.0, 0), "adabn 0.5 + tent 10": (0.5, 10)}
     for name, (blend, steps) in configs.items():
+        if a.no_sweep:
+            break
         tot = [0, 0, 0, 0]
         for f in (0, 1):
             m = adapted(f, blend, steps)
@@ -127,14 +134,23 @@ def main(argv: list[str]) -> int:
             q = rate(m.head[-1], pooled_features(m, pbc_x), pbc_y)
             tot = [tot[0] + r[0], tot[1] + r[1], tot[2] + q[0], tot[3] + q[1]]
         log_result(name, *tot)
-    best = max(configs, key=lambda k: out["results"][k]["accuracy"])
-    out["best_unsupervised"] = best
+    if not a.no_sweep:
+        best = max(configs, key=lambda k: out["results"][k]["accuracy"])
+        out["best_unsupervised"] = best
+        starts = ["none"] + ([best] if best != "none" else [])
+    if a.starts:
+        starts = [s.strip() for s in a.starts.split(",")]
+        unknown = [s for s in starts if s not in configs]
+        if unknown:
+            p.error(f"unknown --starts {unknown}; choose from {list(configs)}")
+    elif a.no_sweep:
+        p.error("--no-sweep needs --starts")
 
     # reviewed cells: features once per fold and start, then only the last layer is fitted
     available = min(out["labelled_per_fold"])
     sizes = sorted({min(s, available) for s in SIZES})
     curves: dict[tuple, list] = {}
-    for start in ("none", best) if best != "none" else ("none",):
+    for start in starts:
         for f in (0, 1):
             m = adapted(f, *configs[start])
             own = np.flatnonzero((fold == f) & (y_all >= 0))

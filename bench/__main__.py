@@ -1,7 +1,7 @@
-"""``python -m lgld.export.bench``: the same as ``lgld-bench``."""
+"""``python -m lgld.bench``: the same as ``lgld-bench``."""
 
 import sys
 
-from lgld.export.bench.cli import main
+from lgld.bench.cli import main
 
 sys.exit(main())

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from lgld.lab.build import DatasetError, Options, Plan, Source, plan, write
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.dataset.build import DatasetError, Options, Plan, Source, plan, write
 
 PROG = "lgld-dataset"
 

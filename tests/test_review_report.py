@@ -14,7 +14,7 @@ from review_logs import LogBuilder, expected_reviewed, session_cells
 from lgld.runtime.review import report as report_mod
 from lgld.runtime.review.cli import main
 
-ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 
 class _Tables(HTMLParser):

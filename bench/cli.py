@@ -28,6 +28,7 @@ from lgld.bench.table import run_table, run_table_isolated
 from lgld.bench.train import add_train_arguments, run_train
 from lgld.export import ExportError
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.files import write_atomic
 from lgld.runtime.core.session import OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 
@@ -203,7 +204,7 @@ def write_report(report: dict[str, Any], args: argparse.Namespace) -> int:
     report["machine"]["loadavg_end"] = loadavg()
     if args.json:
         try:
-            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+            write_atomic(args.json, json.dumps(report, indent=1) + "\n")
         except OSError as exc:
             raise BenchError(f"cannot write {args.json}: {exc.strerror or exc}") from None
         print(f"wrote {args.json}")

@@ -292,14 +292,13 @@ def test_a_checkpoint_that_does_not_match_the_model_is_refused(
     assert "does not match the model" in err and err.count("\n") == 1
 
 
-def test_cpu_features_name_the_simd_that_int8_speed_depends_on(
+def test_the_machine_record_reads_the_cpu_through_the_one_cpuinfo_reader(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lgld.bench.machine import cpu_features
+    from lgld.bench import machine
+    from lgld.runtime.core.cpu import CpuFeatures
 
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    assert cpu_features(["fpu", "avx2", "avx512f", "avx512_vnni"]) == [
-        "AVX2", "AVX-512", "AVX-512 VNNI"]
-    assert cpu_features(["fpu", "avx2", "fma"]) == ["AVX2"]
-    monkeypatch.setattr("platform.machine", lambda: "aarch64")
-    assert cpu_features(["fp", "asimd", "asimddp"]) == ["NEON", "NEON dotprod"]
+    cpu = CpuFeatures("x86_64", frozenset({"fpu", "avx2", "fma", "avx512_vnni"}), "Test CPU")
+    monkeypatch.setattr(machine, "cpu_features", lambda: cpu)
+    info = machine.machine_info()
+    assert info["cpu"] == "Test CPU" and info["cpu_flags"] == ["avx2", "fma"]

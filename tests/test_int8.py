@@ -60,6 +60,13 @@ def test_cpuinfo_tells_which_cpus_have_int8_dot_products(cpu, fast, relevant) ->
     assert ("(fast int8)" in features.summary()) is fast
 
 
+def test_cpuinfo_names_the_cpu_or_the_board() -> None:
+    assert CPUS["pi5"].model == "Raspberry Pi 5 Model B Rev 1.0"  # the board's line, last
+    named = parse_cpuinfo("processor\t: 0\nmodel name\t: Intel Xeon\n" + ICELAKE, "x86_64")
+    assert named.model == "Intel Xeon" and "avx512_vnni" in named.flags
+    assert CPUS["haswell"].model is None
+
+
 def test_exact_int8_kernels_are_asked_for_only_on_x86_without_vnni() -> None:
     assert needs_exact_int8_kernels(CPUS["haswell"])
     assert not any(needs_exact_int8_kernels(CPUS[c]) for c in ("icelake", "alderlake", "pi5"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lgld.runtime.core.files import file_sha256
+from lgld.runtime.core.files import file_sha256, write_atomic
 from lgld.training.data import Item
 from lgld.training.evaluate import (
     PROG,
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.json_out:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        write_atomic(out, json.dumps(result, indent=1) + "\n")
     print(format_comparison(result), flush=True)
     return result
 

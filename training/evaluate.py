@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lgld.runtime.core.cliutil import OneLineParser
-from lgld.runtime.core.files import file_sha256
+from lgld.runtime.core.files import file_sha256, write_atomic
 from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
 from lgld.runtime.core.session import OnnxClassifier, softmax
 from lgld.training.allocator import OPT_OUT_FLAG
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.json_out:
         out = Path(args.json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        write_atomic(out, json.dumps(result, indent=1) + "\n")
     print(format_result(result), flush=True)
     return result
 

@@ -18,6 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from lgld.runtime.core.files import write_atomic
 from lgld.training.metrics import format_report
 
 
@@ -264,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     test = json.loads(a.test_json.read_text()) if a.test_json else None
     shifts = ([json.loads(x) for x in a.shifts_json.read_text().splitlines() if x.strip()]
               if a.shifts_json else None)
-    a.out.write_text(render(a.run_dir, val, test, a.title, a.data_citation, a.onnx, a.hardware,
-                            a.intended, a.limit, a.prior_run, shifts, a.note))
+    write_atomic(a.out, render(a.run_dir, val, test, a.title, a.data_citation, a.onnx,
+                               a.hardware, a.intended, a.limit, a.prior_run, shifts, a.note))
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 

@@ -17,9 +17,9 @@ from typing import Any
 from lgld.bench import BenchError
 from lgld.bench.machine import torch_or_none
 from lgld.bench.macs import onnx_macs
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import ModelInfo
-from lgld.runtime.core.session import OnnxClassifier
 from lgld.runtime.core.zoo import ZOO, resolve_model, zoo_dir
 
 

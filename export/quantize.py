@@ -31,10 +31,10 @@ import numpy as np
 import onnx
 
 from lgld.export import ExportError
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier
 from lgld.runtime.core.files import IMAGE_SUFFIXES
 from lgld.runtime.core.modelinfo import PREFIX
 from lgld.runtime.core.preprocess import PreprocessSpec, preprocess, preprocess_batch, read_image
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier
 
 QUANTIZATION = "int8-qdq"
 # Name prefixes of the nodes each scope quantizes (empty: every node ONNX Runtime can quantize).

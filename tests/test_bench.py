@@ -230,7 +230,7 @@ def _table(ratio: float | None, parity_ok: bool, pipe_fps: float, camera_fps: fl
 def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
     ratio: float | None, parity_ok: bool, pipe_fps: float, camera_fps: float, expected: dict
 ) -> None:
-    from lgld.bench.report import targets
+    from lgld.bench.targets import targets
 
     got = {t["target"]: t["status"] for t in targets(_table(ratio, parity_ok, pipe_fps,
                                                              camera_fps))}
@@ -239,7 +239,7 @@ def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
 
 @pytest.mark.parametrize(("int8_ratio", "expected"), [(4.6, "PASS"), (2.5, "FAIL")])
 def test_the_int8_row_is_judged_as_the_best_precision(int8_ratio: float, expected: str) -> None:
-    from lgld.bench.report import targets
+    from lgld.bench.targets import targets
 
     table = _table(2.6, True, 95.0, 200.0)
     table["rows"].append({"key": "int8", "ratio_vs_row1": int8_ratio})

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, needs_exact_int8_kernels
 from lgld.runtime.core.cpu import parse_cpuinfo
 from lgld.runtime.core.precision import (
     choose_precision,
@@ -21,7 +22,6 @@ from lgld.runtime.core.precision import (
     int8_sibling,
 )
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, needs_exact_int8_kernels
 from lgld.runtime.core.zoo import ZOO, resolve_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "zoo_samples"

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from lgld.runtime.core.classifier import OnnxClassifier, softmax
 from lgld.runtime.core.cliutil import OneLineParser
 from lgld.runtime.core.files import file_sha256, write_atomic
 from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
-from lgld.runtime.core.session import OnnxClassifier, softmax
 from lgld.training.allocator import OPT_OUT_FLAG
 from lgld.training.data import (
     LAYOUTS,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import stat
 from pathlib import Path
 
 from lgld.runtime.core.imageheader import image_size
@@ -109,3 +110,16 @@ def text_arg(value: str) -> str:
     except UntrustedError as exc:
         raise argparse.ArgumentTypeError(f"{value.encode('utf-8', 'backslashreplace').decode()!r}"
                                          f": {str(exc).removeprefix('the value ')}") from None
+
+
+def read_bounded(path: str | os.PathLike, limit: int) -> bytes:
+    """A regular file's bytes, refused (UntrustedError) when it is larger than ``limit``;
+    memory is the file's size, never the limit's."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise UntrustedError(f"{path}: not a regular file of at most {limit} bytes")
+        data = fh.read(st.st_size + 1)
+    if len(data) > limit:
+        raise UntrustedError(f"{path}: grew past {limit} bytes while read")
+    return data

@@ -39,6 +39,7 @@ from lgld.runtime.core.untrusted import (
     check_inside,
     check_name,
     check_pixels,
+    read_bounded,
     utf8_safe,
 )
 from lgld.runtime.review.report import MAX_CROP_BYTES, MAX_PIXELS, crop_file
@@ -189,10 +190,7 @@ def read_crop(path: Path) -> bytes:
     """A crop file's bytes, checked: at most MAX_CROP_BYTES, an image header within the
     ``images:`` source's pixel limit (read before decoding), and an image OpenCV decodes;
     UntrustedError otherwise."""
-    with path.open("rb") as fh:
-        data = fh.read(MAX_CROP_BYTES + 1)
-    if len(data) > MAX_CROP_BYTES:
-        raise UntrustedError(f"{path}: larger than {MAX_CROP_BYTES >> 20} MB")
+    data = read_bounded(path, MAX_CROP_BYTES)
     check_pixels(data, MAX_PIXELS, str(path))
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

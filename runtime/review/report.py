@@ -25,7 +25,14 @@ import numpy as np
 from lgld.runtime.config import SourceSection
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
-from lgld.runtime.core.untrusted import UntrustedError, check_pixels, inside, shown, utf8_safe
+from lgld.runtime.core.untrusted import (
+    UntrustedError,
+    check_pixels,
+    inside,
+    read_bounded,
+    shown,
+    utf8_safe,
+)
 from lgld.runtime.core.zoo import zoo_dir
 from lgld.runtime.review.sessionlog import UNCLASSIFIED, Cell, Session, SessionLog
 
@@ -227,10 +234,7 @@ def thumbnail(path: str | os.PathLike | None, max_pixels: int = MAX_PIXELS) -> s
     if path is None:
         return None
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_CROP_BYTES + 1)
-        if len(data) > MAX_CROP_BYTES:
-            return None
+        data = read_bounded(path, MAX_CROP_BYTES)
         check_pixels(data, max_pixels, str(path))
         buffer = np.frombuffer(data, np.uint8)
         # JPEG decodes at half size for almost nothing; fall back to full size for small crops

@@ -221,17 +221,24 @@ def test_report_output_names_that_are_not_text_are_usage_errors(tmp_path, capsys
 # -- lgld-dataset on a hostile log -----------------------------------------------------------
 
 
-def test_review_classes_that_are_paths_never_become_folders(tmp_path):
+@pytest.mark.parametrize("model_classes", [WBC5, None])
+def test_review_classes_that_are_paths_never_become_folders(tmp_path, model_classes):
     log = reviewed_session(tmp_path / "pi", per_class=5)
+    log.lines[0]["model"]["classes"] = model_classes  # None: a log that names no classes
     for track, name in ((1, str(tmp_path / "abs" / "dir")), (2, "../../x"), (3, "..")):
         log.review(SID, track, "reclassify", name)
     log.write()
     out = tmp_path / "lab"
-    data = write(plan([Source(log.path, log.folder)], Options(min_per_class=2)), out)
-    assert data["left_out"] == {"class unknown to the model": 3}
-    assert sorted(p.name for p in out.iterdir()) == ["Eosinophil", "Lymphocyte", "Neutrophil",
-                                                     "manifest.json"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["lab", "pi"]
+    if model_classes is None:  # nothing can be checked against the model: nothing is labelled
+        with pytest.raises(DatasetError, match="15 class unknown to the model"):
+            plan([Source(log.path, log.folder)], Options(min_per_class=2))
+    else:
+        data = write(plan([Source(log.path, log.folder)], Options(min_per_class=2)), out)
+        assert data["left_out"] == {"class unknown to the model": 3}
+        assert sorted(p.name for p in out.iterdir()) == [
+            "Eosinophil", "Lymphocyte", "Neutrophil", "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["lab", "pi"] if model_classes
+                                                         else ["pi"])
 
 
 def test_model_classes_that_are_paths_refuse_the_build(tmp_path):

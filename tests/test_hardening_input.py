@@ -19,6 +19,9 @@ from lab_logs import WBC5, LabLog, reviewed_session
 from review_logs import LogBuilder
 from test_hardening_http import request, serve
 
+from lgld.lab import build as build_mod
+from lgld.lab.build import DatasetError, Options, Source, plan, write
+from lgld.lab.cli import main as dataset_main
 from lgld.runtime import cli
 from lgld.runtime.config import ConfigError, HttpSection
 from lgld.runtime.core.untrusted import (
@@ -28,9 +31,6 @@ from lgld.runtime.core.untrusted import (
     inside,
     shown,
 )
-from lgld.runtime.dataset import build as build_mod
-from lgld.runtime.dataset.build import DatasetError, Options, Source, plan, write
-from lgld.runtime.dataset.cli import main as dataset_main
 from lgld.runtime.review import report as report_mod
 from lgld.runtime.review.cli import main as report_main
 from lgld.runtime.web.guard import AccessGuard, load_token

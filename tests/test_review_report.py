@@ -15,7 +15,7 @@ from lgld.runtime.core.files import file_sha256
 from lgld.runtime.review import report as report_mod
 from lgld.runtime.review.cli import main
 
-ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 
 class _Tables(HTMLParser):

@@ -13,9 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.core.untrusted import text_arg
-from lgld.runtime.dataset.build import (
+from lgld.lab.build import (
     DatasetError,
     Options,
     Plan,
@@ -24,6 +22,8 @@ from lgld.runtime.dataset.build import (
     remove_stale_temp,
     write,
 )
+from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.untrusted import text_arg
 
 PROG = "lgld-dataset"
 

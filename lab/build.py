@@ -32,8 +32,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lgld.lab.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from lgld.runtime.core.files import IMAGE_SUFFIXES
-from lgld.runtime.core.labmanifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from lgld.runtime.core.untrusted import (
     UntrustedError,
     check_inside,

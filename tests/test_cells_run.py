@@ -71,7 +71,8 @@ def _get(url: str) -> dict:
 
 
 def _post(url: str, body: bytes = b"") -> dict:
-    request = urllib.request.Request(url, data=body, method="POST")
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

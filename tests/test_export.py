@@ -31,9 +31,9 @@ from lgld.export.rewrites import (  # noqa: E402
 from lgld.export.verify import FORBIDDEN_OPS, check_graph, op_histogram  # noqa: E402
 from lgld.models.checkpoint import file_sha256  # noqa: E402
 from lgld.models.lgld_net import FFM, GCE, IPS, LGFM, VARIANTS  # noqa: E402
+from lgld.runtime.core.classifier import OnnxClassifier  # noqa: E402
 from lgld.runtime.core.modelinfo import lgld_version  # noqa: E402
 from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
-from lgld.runtime.core.session import OnnxClassifier  # noqa: E402
 
 TOL = 1e-4
 

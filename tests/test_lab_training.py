@@ -15,11 +15,10 @@ from lab_logs import WBC5, reviewed_session
 pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")
 
-
+from lgld.lab.build import Options, Source, plan, write  # noqa: E402
 from lgld.models.checkpoint import save_checkpoint  # noqa: E402
 from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
 from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
-from lgld.runtime.dataset.build import Options, Source, plan, write  # noqa: E402
 from lgld.training.cli import eval_main, train_main  # noqa: E402
 from lgld.training.data import DataError, Discovered, Item  # noqa: E402
 from lgld.training.groups import group_split  # noqa: E402

@@ -66,11 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_path(spec: str) -> Path:
     if spec.lower() in ZOO:
-        folder = zoo_dir()
-        path = (folder / ZOO[spec.lower()]).with_suffix(".pt") if folder else None
-        if path is None or not path.is_file():
+        path = (zoo_dir() / ZOO[spec.lower()]).with_suffix(".pt")
+        if not path.is_file():
             raise AdaptError(f"model {spec!r}: its checkpoint is not here (a dev checkout's "
-                             "models/zoo/ has it); pass --model PATH.pt")
+                             "zoo/ has it); pass --model PATH.pt")
         return path
     return Path(spec)
 

@@ -23,10 +23,10 @@ import onnx
 from lgld.export import ExportError
 from lgld.export.onnx_export import save_atomically
 from lgld.export.quantize import _spread, labelled_images, split_items
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier
 from lgld.runtime.core.cliutil import run_cli
 from lgld.runtime.core.domain import METADATA_KEY, DomainError, fit_reference
 from lgld.runtime.core.preprocess import preprocess_batch, read_image
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier
 
 PROG = "python -m lgld.export.domainstats"
 

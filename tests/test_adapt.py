@@ -134,8 +134,8 @@ def test_session_cells_reads_crops_and_reviewed_labels(tmp_path):
 
 def test_lgld_adapt_writes_a_verified_model_with_its_card(tmp_path, capsys):
     from lgld.export.adapt_cli import main
+    from lgld.runtime.core.classifier import OnnxClassifier
     from lgld.runtime.core.domain import DomainReference
-    from lgld.runtime.core.session import OnnxClassifier
 
     log = _log(tmp_path)
     ckpt = save_checkpoint(tmp_path / "m.pt", tiny(), WBC5, PreprocessSpec(input_size=32),

@@ -240,7 +240,7 @@ def test_domainstats_writes_the_reference_into_the_model(tiny_model, tmp_path, c
     import cv2
 
     from lgld.export import domainstats
-    from lgld.runtime.core.session import OnnxClassifier
+    from lgld.runtime.core.classifier import OnnxClassifier
 
     model = tmp_path / "m.onnx"
     shutil.copy(tiny_model, model)

@@ -26,10 +26,10 @@ import numpy as np
 from lgld.runtime.cells.crops import cell_crops
 from lgld.runtime.cells.detect import CellDetector, DetectorSettings
 from lgld.runtime.cells.stage import CellStage
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.domain import DomainCheck, DomainReference
 from lgld.runtime.core.files import list_images
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.core.session import OnnxClassifier
 
 PBC_DIAMETER = (81.0, 208.0)  # a 360 px PBC crop (runtime.cells.evaluate)
 

@@ -4,7 +4,7 @@
 # model as OUT_DIR/adapted.onnx (+ adapted.md, its card), ready for
 #   lgld-run --model OUT_DIR/adapted.onnx --mode cells
 # Run from a checkout (lgld installed with the train extra; the zoo's wbc5 checkpoint is in
-# models/zoo/):
+# zoo/):
 #
 #   docs/lab-loop/run-example.sh FIELDS_DIR OUT_DIR [WBC5_DIR]
 #

@@ -40,7 +40,7 @@ from lgld.runtime.cells.track import (
     TrackerSettings,
 )
 from lgld.runtime.config import CellsSection
-from lgld.runtime.core.session import softmax
+from lgld.runtime.core.classifier import softmax
 
 
 @dataclass

@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.core.files import default_state_dir
+from lgld.runtime.core.files import default_state_dir, write_atomic
+from lgld.runtime.core.untrusted import shown, text_arg, utf8_safe
 from lgld.runtime.review import validation
-from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary, write_atomic
+from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary
 from lgld.runtime.review.sessionlog import SessionLogError, read_log
 
 PROG = "lgld-report"
@@ -36,11 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("log", metavar="LOG.jsonl", help="the result log lgld-run wrote")
-    p.add_argument("--session", metavar="ID", help="session id (default: the latest)")
-    p.add_argument("-o", "--output", metavar="REPORT.html", help="write the HTML report here")
-    p.add_argument("--csv", metavar="FILE", help="write the per-cell table here")
-    p.add_argument("--json", metavar="FILE", help="write the summary here")
+    p.add_argument("log", metavar="LOG.jsonl", type=text_arg, help="the result log lgld-run wrote")
+    p.add_argument("--session", metavar="ID", type=text_arg,
+                   help="session id (default: the latest)")
+    p.add_argument("-o", "--output", metavar="REPORT.html", type=text_arg,
+                   help="write the HTML report here")
+    p.add_argument("--csv", metavar="FILE", type=text_arg, help="write the per-cell table here")
+    p.add_argument("--json", metavar="FILE", type=text_arg, help="write the summary here")
+    p.add_argument("--crops", metavar="DIR", type=text_arg,
+                   help="the folder crops are read from, never outside it (default: the log's "
+                        "folder); a crop is found by the longest tail of its logged path")
     p.add_argument("--list", action="store_true", help="list the sessions in the log and exit")
     p.add_argument("--validate", action="store_true",
                    help="store the session's reviewed accuracy (Wilson 95%% interval) as this "
@@ -54,19 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _list(log) -> int:
     for s in log.sessions:
         start = s.start.isoformat(timespec="seconds") if s.start else "?"
-        label = f"  {s.sample}" if s.sample else ""
-        print(f"{s.id}  {start}  {len(s.cells)} cells{label}")
+        label = f"  {shown(s.sample)}" if s.sample else ""
+        print(f"{shown(s.id)}  {start}  {len(s.cells)} cells{label}")
     print(f"({log.lines} lines, {log.skipped} skipped)", file=sys.stderr)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.crops is not None and not Path(args.crops).is_dir():
+        raise SessionLogError(f"crop folder not found: {args.crops}")
     log = read_log(args.log)
     if args.list:
         return _list(log)
     session = log.get(args.session)
     # build everything first: an error leaves no output behind
-    crops = CropFiles(log)
+    crops = CropFiles(log, args.crops)
     data = summary(log, session, crops)
     state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
     events = validation.read_session(args.log, session.id)
@@ -86,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         outputs.append((args.csv, cells_csv(log, session, crops)))
     if args.json:
-        outputs.append((args.json, json.dumps(data, indent=2) + "\n"))
+        outputs.append((args.json, utf8_safe(json.dumps(data, indent=2, ensure_ascii=False))
+                        + "\n"))
     for target, text in outputs:
         try:
             write_atomic(target, text)
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             raise SessionLogError(f"cannot write {target}: {exc.strerror or exc}") from None
     counts = session.reviewed_counts()
     if outputs:
-        print(f"{PROG}: session {session.id}: {len(session.cells)} cells, "
+        print(f"{PROG}: session {shown(session.id)}: {len(session.cells)} cells, "
               f"{sum(counts.values())} after review; wrote "
               + ", ".join(str(Path(t)) for t, _ in outputs))
     if log.skipped:

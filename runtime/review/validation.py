@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lgld.runtime.core.files import write_atomic
 from lgld.runtime.core.jsonlog import read_records
 
 VALIDATIONS_FILE = "validations.json"
@@ -137,9 +138,7 @@ def save(folder: Path, new: dict[str, Any]) -> Path:
     records.append(new)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (VALIDATIONS_FILE + ".tmp")
-        tmp.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / VALIDATIONS_FILE)
+        write_atomic(folder / VALIDATIONS_FILE, json.dumps(records, indent=1) + "\n")
     except OSError as exc:
         raise ValidationError(f"cannot write {folder / VALIDATIONS_FILE}: "
                               f"{exc.strerror or exc}") from None

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT.int8.onnx (needs --calib-data)")
     p.add_argument("--calib-data", metavar="DIR",
                    help="INT8 calibration and gate images, one folder per class")
+    p.add_argument("--calib-limit", type=int, default=300, metavar="N",
+                   help="at most N calibration (and gate) images, evenly spread (default 300)")
     p.add_argument("--threads", type=int, default=None)
     return p
 
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
             try:
                 int8 = quantize_int8(out, out.with_suffix(".int8.onnx"), args.calib_data,
-                                     threads=args.threads)
+                                     threads=args.threads, calib_limit=args.calib_limit)
                 record["int8"] = int8.summary().splitlines()[0]
             except ExportError as exc:  # the fp32 model stands; the card says why
                 record["int8"] = f"refused: {exc}"

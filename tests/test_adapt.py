@@ -101,7 +101,7 @@ def _log(tmp_path: Path, reviews: bool = True) -> Path:
                "model": {"name": "tiny", "sha256": "ab" * 32}}]
     track = 0
     for cls in WBC5:
-        for f in sorted((SAMPLES / cls).glob("*.jpg"))[:11]:
+        for f in sorted((SAMPLES / cls).glob("*.jpg"))[:10] * 2:  # 100 cells
             track += 1
             shutil.copy(f, crops / f"t{track}.jpg")
             events.append({"event": "cell", "session": "S", "track": track, "class": cls,
@@ -120,14 +120,14 @@ def _log(tmp_path: Path, reviews: bool = True) -> Path:
 def test_session_cells_reads_crops_and_reviewed_labels(tmp_path):
     log = _log(tmp_path)
     cells = session_cells(log)
-    assert cells.session == "S" and len(cells.crops) == 54  # the rejected cell is left out
+    assert cells.session == "S" and len(cells.crops) == 99  # the rejected cell is left out
     assert cells.reviewed()[0][1] == "Basophil" and cells.reviewed()[1][1] == "Monocyte"
     moved = tmp_path / "copy"
     shutil.copytree(tmp_path / "crops", moved / "crops")
     shutil.rmtree(tmp_path / "crops")
     with pytest.raises(AdaptError, match="--crops"):
         session_cells(log)
-    assert len(session_cells(log, crops_dir=moved).crops) == 54
+    assert len(session_cells(log, crops_dir=moved).crops) == 99
     with pytest.raises(AdaptError, match="no session"):
         session_cells(log, "other", crops_dir=moved)
 
@@ -146,11 +146,11 @@ def test_lgld_adapt_writes_a_verified_model_with_its_card(tmp_path, capsys):
                  "--threads", "1"]) == 0
     clf = OnnxClassifier(out, threads=1)
     rec = clf.info.training["adaptation"]
-    assert rec["session"] == "S" and rec["cells"] == 54 and rec["adabn_blend"] == 0.5
+    assert rec["session"] == "S" and rec["cells"] == 99 and rec["adabn_blend"] == 0.5
     assert rec["fine_tune"]["reviewed"] == 2 and rec["fine_tune"]["mixed"] == 2
-    assert DomainReference.from_dict(clf.info.domain).cells == 54
+    assert DomainReference.from_dict(clf.info.domain).cells == 99
     card = out.with_suffix(".md").read_text()
-    assert "session `S`" in card and "54 counted cells" in card
+    assert "session `S`" in card and "99 counted cells" in card
     probs = clf.probabilities([np.full((40, 40, 3), 200, np.uint8)])
     assert probs.shape == (1, 5) and np.isfinite(probs).all()
     # bad inputs: one line, exit 1, nothing written

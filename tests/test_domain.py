@@ -258,3 +258,12 @@ def test_domainstats_writes_the_reference_into_the_model(tiny_model, tmp_path, c
     assert clf.info.classes == classes  # the rest of the metadata is kept
     assert domainstats.main([str(tmp_path / "none.onnx"), "--data", "x"]) == 1
     assert "model not found" in capsys.readouterr().err
+
+
+def test_a_domain_event_belongs_to_its_session_in_the_report_reader(tmp_path):
+    from lgld.runtime.review.sessionlog import read_log
+
+    log = _log(tmp_path, {})
+    parsed = read_log(log)
+    assert parsed.other_records == 0 and parsed.skipped == 0
+    assert len(parsed.get("S").cells) == 30

@@ -20,7 +20,7 @@ from lgld.runtime.core.jsonlog import iter_lines, parse_line
 
 UNCLASSIFIED = "unclassified"
 REVIEW_ACTIONS = ("confirm", "reclassify", "reject")
-SESSION_EVENTS = ("session_start", "cell", "review", "session_end", "frame")
+SESSION_EVENTS = ("session_start", "cell", "review", "session_end", "frame", "domain")
 
 
 class SessionLogError(ValueError):
@@ -323,6 +323,11 @@ class SessionReader:
             return
         if not getattr(self, f"_on_{event}")(sid, record):
             self.skipped += 1
+
+    def _on_domain(self, sid: str, record: dict[str, Any]) -> bool:
+        """The session's microscope check (read back by review.validation)."""
+        self.session(sid)._seen(parse_time(record.get("time")))
+        return True
 
     def _on_frame(self, sid: str, record: dict[str, Any]) -> bool:
         session = self.session(sid)

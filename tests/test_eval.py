@@ -5,35 +5,29 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-import torch
-import torch.nn.functional as F
-from colour_models import colour_folder, colour_model
 
-from lgld.models.checkpoint import save_checkpoint
-from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.core.preprocess import PreprocessSpec, preprocess_batch, read_image
-from lgld.training.data import discover, make_split
-from lgld.training.evaluate import main
-from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+import torch.nn.functional as F  # noqa: E402
+from colour_models import colour_folder, colour_model  # noqa: E402
+
+from lgld.models.checkpoint import save_checkpoint  # noqa: E402
+from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec, preprocess_batch, read_image  # noqa: E402
+from lgld.training.data import discover, make_split  # noqa: E402
+from lgld.training.evaluate import main  # noqa: E402
+from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "zoo_samples"  # bundled samples
 WBC5 = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_eval(argv: list[str]) -> int:

@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
-from colour_models import RGB, colour_folder, colour_model
 
-from lgld.training.compare import MIN_CELLS, main, mcnemar_p
+pytestmark = pytest.mark.train
+pytest.importorskip("onnx")
+
+from colour_models import RGB, colour_folder, colour_model  # noqa: E402
+
+from lgld.training.compare import MIN_CELLS, main, mcnemar_p  # noqa: E402
 
 
 @pytest.fixture(scope="module")

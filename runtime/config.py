@@ -112,6 +112,10 @@ class CellsSection:
 
     diameter_px: str = _f("120,330", "White-cell diameter range MIN,MAX in frame pixels (120,330\n"
                                      "suits 640x480 at 100x), or auto: measured on the red cells.")
+    framing: str = _f("red-cells", "What scales the crops the model sees: red-cells (the measured\n"
+                                   "red-cell size, so any objective and camera give crops framed\n"
+                                   "like the training data; the range when none are measured) or\n"
+                                   "range (the diameter_px range alone).")
     max_cells: int = _f(24, "At most this many cells per frame (the largest); more = a warning.")
     nucleus_low: float = _f(0.30, "Nucleus stain (optical density unmixed, relative to the\n"
                                   "background) at which a pixel may belong to a nucleus ...")
@@ -221,6 +225,7 @@ class RunConfig:
                f"inference.mode must be field, roi or cells, not {i.mode!r}")
         c = self.cells
         c.diameter_range()
+        _check(c.framing in ("red-cells", "range"), "cells.framing must be red-cells or range")
         _check(c.max_cells >= 1, "cells.max_cells must be >= 1")
         _check(0 < c.nucleus_low <= c.nucleus_high, "need 0 < cells.nucleus_low <= nucleus_high")
         _check(c.min_frames >= 1, "cells.min_frames must be >= 1")

@@ -21,8 +21,7 @@ from lgld.training.data import (
     verify_items,
 )
 from lgld.training.labrun import LAB_FILES, prepare_lab_split
-from lgld.training.recipes import AUGMENTATIONS
-from lgld.training.recipes import get_recipe
+from lgld.training.recipes import AUGMENTATIONS, get_recipe
 
 PROG = "lgld-train"
 

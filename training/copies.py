@@ -4,7 +4,9 @@ Some public data sets (LISC) hold a few hundred distinct cells as many crops eac
 re-framed, flipped or rotated copies. A split by file would put copies of one cell in train
 and val, and validation would measure memory. :func:`copy_groups` joins images whose central
 stained region looks alike under any of the 8 flips/rotations (normalised cross-correlation
-of a small grey patch around the most saturated pixels, the nucleus), transitively;
+of a small grey patch around the most saturated pixels, the nucleus), transitively. Distinct
+cells that look much alike may be joined too: the safe direction (a smaller validation set,
+never a leak);
 :func:`split_by_copies` then splits whole groups with :func:`lgld.training.groups.group_split`.
 
 ``python -m lgld.training.copies DATA -o split.json`` writes such a split file for
@@ -50,6 +52,21 @@ def descriptor(image: np.ndarray) -> np.ndarray:
     return np.stack(views)
 
 
+def _components(n: int, pairs) -> list[int]:
+    """Union-find: each of n nodes' component root, given the joined (i, j) pairs."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs:
+        parent[root(int(i))] = root(int(j))
+    return [root(i) for i in range(n)]
+
+
 def copy_groups(found: Discovered, threshold: float = SAME_CELL) -> dict[str, str]:
     """Image path (relative to the data root) -> group id; copies share a group (per class)."""
     groups: dict[str, str] = {}
@@ -59,18 +76,10 @@ def copy_groups(found: Discovered, threshold: float = SAME_CELL) -> dict[str, st
             continue
         d = np.stack([descriptor(read_image(found.root / it.path)) for it in items])
         sim = np.einsum("nd,mkd->nmk", d[:, 0], d).max(axis=-1)
-        parent = list(range(len(items)))
-
-        def root(i: int) -> int:
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        for i, j in zip(*np.nonzero(np.triu(sim, 1) > threshold), strict=True):
-            parent[root(int(i))] = root(int(j))
+        roots = _components(len(items), zip(*np.nonzero(np.triu(sim, 1) > threshold),
+                                             strict=True))
         for i, it in enumerate(items):
-            groups[it.path] = f"{cls}/{items[root(i)].path}"
+            groups[it.path] = f"{cls}/{items[roots[i]].path}"
     return groups
 
 

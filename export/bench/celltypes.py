@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lgld.runtime.cells.detect import DetectorSettings
+from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
 from lgld.runtime.cells.evaluate import iou, load_items, parse_diameter, voc_boxes
 from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.cells.track import TrackerSettings
@@ -95,8 +95,9 @@ def make_stage(args: argparse.Namespace) -> CellStage:
     classifier = OnnxClassifier(resolve_model(args.model), threads=args.threads)
     tracker = TrackerSettings(min_confidence=args.min_confidence) if args.min_confidence \
         else None
-    return CellStage(classifier, DetectorSettings(diameter_px=args.diameter), tracker,
-                     tracking=False)
+    return CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
+                                                  framing=args.framing),
+                     tracker, tracking=False)
 
 
 def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                        default=CellsSection().diameter_range(),
                        help="white-cell diameter range LO,HI in pixels, or auto "
                             "(default: cell mode's)")
+        q.add_argument("--framing", choices=FRAMINGS, default=CellsSection.framing,
+                       help="what scales the crops (default: cell mode's)")
         q.add_argument("--min-confidence", type=float, default=0.0,
                        help="the confidence gate (default: cell mode's)")
         q.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -115,7 +115,7 @@ def test_a_bad_framing_is_refused_in_one_line():
 
 
 def test_scores_count_right_types_sure_wrong_calls_and_the_differential_error():
-    from lgld.export.bench.celltypes import Scored
+    from lgld.bench.celltypes import Scored
 
     s = Scored(cells=[("Neutrophil", "Neutrophil", "ok"), ("Neutrophil", "Eosinophil", "ok"),
                       ("Lymphocyte", "Lymphocyte", "uncertain"),
@@ -128,7 +128,7 @@ def test_scores_count_right_types_sure_wrong_calls_and_the_differential_error():
 
 
 def test_labelled_fields_are_scored_through_cell_mode(tmp_path, capsys):
-    from lgld.export.bench.celltypes import main
+    from lgld.bench.celltypes import main
 
     fields = tmp_path / "fields"
     shutil.copytree(BCCD, fields)

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
 from lgld.bench.cellmode import iou, load_items, parse_diameter, voc_boxes
+from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
 from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.cells.track import TrackerSettings
 from lgld.runtime.config import CellsSection
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.zoo import resolve_model
 
 MIN_IOU = 0.3

@@ -108,8 +108,7 @@ def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
     for name, types in sorted(labels.items()):
         image = read_image(root / "images" / name)
         boxes = voc_boxes(root / "annotations" / (Path(name).stem + ".xml"))
-        stage.reset()
-        stage.detector.reset_scale()
+        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
         cells = [c for c in stage.process(image).cells if c["state"] != "partial"]
         on_boxes = [c for c in cells if any(iou(c["box"], b) >= MIN_IOU for b in boxes)]
         # one cell per labelled box at most: the detections that overlap a box best
@@ -136,8 +135,7 @@ def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
     for path, label in items:
         image = read_image(path)
         h, w = image.shape[:2]
-        stage.reset()
-        stage.detector.reset_scale()
+        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
         cells = stage.process(image).cells
         out.images += 1
         if not cells:

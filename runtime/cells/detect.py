@@ -47,6 +47,10 @@ WBC_PER_RBC = 1.96
 DEFAULT_DIAMETER_PX = CellsSection().diameter_range() or (120.0, 330.0)
 #: What sets the crops' scale: the measured red cells (else the range), or the range alone.
 FRAMINGS = ("red-cells", "range")
+#: The red cells overrule the configured range's framing when they measure a typical white cell
+#: more than this factor off it: a per-frame measurement is noisy (+-15 %), a wrong objective
+#: or camera is not (a PBC crop: 0.65x the 640x480 range).
+FRAMING_TRUST = 1.35
 #: More connected components than this in one frame: keep the largest, warn (smear artefacts).
 MAX_COMPONENTS = 400
 
@@ -210,6 +214,8 @@ class CellDetector:
         framing = None
         if s.framing == "red-cells":
             framing = typical if s.diameter_px is None else self._measure(image)
+            if framing is not None and 1 / FRAMING_TRUST < framing / typical < FRAMING_TRUST:
+                framing = None  # the configured objective, unless the red cells clearly differ
         h, w = image.shape[:2]
         scale = min(1.0, WORK_DIAMETER / typical)
         sw, sh = max(8, round(w * scale)), max(8, round(h * scale))

@@ -1,6 +1,6 @@
 """Build an ImageFolder data set from reviewed cell-mode sessions (the lab's own microscope).
 
-Reads logs with :mod:`lgld.runtime.review.sessionlog` (reviews applied there), picks each
+Reads logs with :mod:`lgld.runtime.core.countlog` (reviews applied there), picks each
 counted cell's saved crop, labels it by its review (confirm keeps the model's class, reclassify
 gives the reviewer's, reject leaves it out) and, only when asked, by the model's own confident
 class (marked ``"label_source": "model"`` in the manifest). Everything is checked before
@@ -25,15 +25,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lgld.runtime.core.files import IMAGE_SUFFIXES
-from lgld.runtime.core.labmanifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
-from lgld.runtime.review.sessionlog import (
+from lgld.runtime.core.countlog import (
     UNCLASSIFIED,
     Cell,
     Session,
     SessionLogError,
     read_log,
 )
+from lgld.runtime.core.files import IMAGE_SUFFIXES
+from lgld.runtime.core.labmanifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 
 
 class DatasetError(ValueError):

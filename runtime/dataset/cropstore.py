@@ -20,8 +20,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from lgld.runtime.core.countlog import read_log
 from lgld.runtime.core.files import IMAGE_SUFFIXES
-from lgld.runtime.review.sessionlog import read_log
 
 log = logging.getLogger("lgld.runtime")
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.countlog import SessionLogError, read_log
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary, write_atomic
-from lgld.runtime.review.sessionlog import SessionLogError, read_log
 
 PROG = "lgld-report"
 

@@ -21,10 +21,10 @@ from typing import Any
 
 import cv2
 
+from lgld.runtime.core.countlog import UNCLASSIFIED, Cell, Session, SessionLog
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.zoo import zoo_dir
-from lgld.runtime.review.sessionlog import UNCLASSIFIED, Cell, Session, SessionLog
 
 THUMB_PX = 96  # longest side of a gallery thumbnail
 THUMB_QUALITY = 72  # JPEG quality: about 3-4 KB per PBC crop at 96 px

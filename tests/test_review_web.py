@@ -85,6 +85,9 @@ def test_the_gallery_reviews_crops_and_report_of_the_current_session(served):
     _, _, body = call(server, "/api/review", {"session": sid, "track": 3, "action": "reject"})
     after = json.loads(body)
     assert after["reviewed_total"] == 2 and after["reviewed_counts"]["Eosinophil"] == 1
+    assert after["cell"] == {"track": 3, "model_class": "Monocyte", "class": None,
+                             "confidence": 0.66, "review": "reject", "crop": True}
+    assert "cells" not in after  # the answer is O(1): the page updates its gallery in place
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert {k: v for k, v in after["reviewed_counts"].items() if v} == expected_reviewed(
         events, b.session)

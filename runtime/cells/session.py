@@ -11,7 +11,6 @@ live count, a restart and the report always agree. The log is read once, at star
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -79,13 +78,14 @@ class CountSession:
         self.id: str | None = None
         self.started = 0.0
         self._replay = SessionReader()  # the current session, from the records written
-        self._lock = threading.RLock()
+        self._stage_lock = threading.RLock()  # the stage: classifying, tracking, resetting
+        self._lock = threading.RLock()  # the replay and the log writes (taken after the above)
 
     # -- sessions ------------------------------------------------------------------------------
 
     def start(self, sample: str | None = None) -> str:
         """End the current session (if any) and start a new, empty count."""
-        with self._lock:
+        with self._stage_lock, self._lock:
             self.end()
             if sample is not None:
                 self.sample = sample
@@ -127,7 +127,7 @@ class CountSession:
         if logged.skipped:
             log.warning("%s: %d unreadable or invalid lines skipped", log_path, logged.skipped)
         last = logged.current()
-        with self._lock:
+        with self._stage_lock, self._lock:
             if self.stage.tracker is not None:
                 self.stage.tracker.reset()
                 self.stage.tracker.continue_after(logged.top_track())
@@ -144,37 +144,42 @@ class CountSession:
 
     def process(self, prepared: CellInput, image: np.ndarray, now: float,
                 frame_index: int) -> CellFrame:
-        """Classify, track and count one prepared frame; log each counted cell."""
-        with self._lock:
+        """Classify, track and count one prepared frame; log each counted cell. The model call
+        and the crops' disk writes hold only the stage's lock, never the one reviews take."""
+        with self._stage_lock:
             if self.id is None:
                 self.start()
+            sid = self.id
             result = self.stage.classify(prepared, image, now)
-            for counted, crop in zip(result.counted, result.crops, strict=True):
-                crop_path, context_path = self.crops.save(self.id, counted, crop, frame_index,
-                                                          image)
-                self._emit(cell_record(
-                    self.id, counted.track if counted.track >= 0 else None, counted.label,
-                    counted.confidence, counted.probs, counted.frames_seen, counted.box,
-                    frame_index, crop_path, context_path))
-            # the pipeline's log listener writes this frame's record; the replay counts it
-            self._replay.apply({"event": FRAME, "session": self.id, TIME_KEY: now_iso()})
-            for warning in result.warnings:
-                log.warning("frame %d: %s", frame_index, warning)
-            return result
+            saved = [self.crops.save(sid, counted, crop, frame_index, image)
+                     for counted, crop in zip(result.counted, result.crops, strict=True)]
+            with self._lock:
+                for counted, (crop_path, context_path) in zip(result.counted, saved,
+                                                              strict=True):
+                    self._emit(cell_record(
+                        sid, counted.track if counted.track >= 0 else None, counted.label,
+                        counted.confidence, counted.probs, counted.frames_seen, counted.box,
+                        frame_index, crop_path, context_path))
+                # the pipeline's log listener writes this frame's record; the replay counts it
+                self._replay.apply({"event": FRAME, "session": sid, TIME_KEY: now_iso()})
+        for warning in result.warnings:
+            log.warning("frame %d: %s", frame_index, warning)
+        return result
 
-    def review(self, body: Any) -> None:
+    def review(self, body: Any) -> Cell:
         """Check and log one review from the page (``{"session", "track", "action", "class"}``)
-        and move the live count with it: O(1), the log is not read. ReviewError when refused
-        (409 for another session than the current one: a stale page)."""
+        and move the live count with it: O(1), the log is not read. The reviewed cell;
+        ReviewError when refused (409 for another session than the current one: a stale page)."""
         with self._lock:
             session = self._current()
             logged = session.model.classes  # a resumed session's model, as its log says
             record = check_review(session, body, [
                 c for c in self.stage.classes if c != UNCLASSIFIED and (not logged or c in logged)])
-            cell = self._cell(session, record["track"])
-            before = cell.reviewed_class
+            before = self._cell(session, record["track"]).reviewed_class
             self._emit(record)
+            cell = self._cell(session, record["track"])
             self.stage.count.move(before, cell.reviewed_class)
+            return cell
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -184,26 +189,25 @@ class CountSession:
         state.update(session=self.id, sample=self.sample)
         return state
 
-    def view(self) -> SessionLog | None:
+    def view(self, files: bool = True) -> SessionLog | None:
         """The current session as the review page shows it: a still copy (no file is read
-        under the counting lock); None before the first session."""
+        under the counting lock), with the log's files listed when ``files``; None before the
+        first session."""
         with self._lock:
             if self.id is None:
                 return None
-            session = copy.copy(self._current())
-            session.cells = [copy.copy(c) for c in session.cells]
-            session._by_track = dict(session._by_track)
+            session = self._current().still()
             r = self._replay
             lines, skipped, other = r.lines, r.skipped, r.other
         path = self.log_path or Path("results.jsonl")
-        return SessionLog(path, log_files(path) if self.log_path else [], [session], lines,
-                          skipped, other, session.id)
+        listed = log_files(path) if files and self.log_path else []
+        return SessionLog(path, listed, [session], lines, skipped, other, session.id)
 
     def cell(self, track: Any) -> Cell:
-        """A copy of a counted cell of the current session, named by its track."""
+        """A counted cell of the current session, named by its track."""
         track = parse_track(track)
         with self._lock:
-            return copy.copy(self._cell(self._current(), track))
+            return self._cell(self._current(), track)
 
     # -- helpers -------------------------------------------------------------------------------
 

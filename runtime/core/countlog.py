@@ -12,7 +12,8 @@ New records carry their time as ``ts``; format-1 logs (``time``) read the same.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,8 @@ class LoggedModel:
 
 @dataclass
 class Cell:
-    """One counted track, with the last review applied to it (if any)."""
+    """One counted track, with the last review applied to it (if any). Never changed once in
+    a session: a review replaces it, so a copy of the cell list is a still picture."""
 
     track: int | None
     time: datetime | None
@@ -260,20 +262,20 @@ class Session:
     counted_at_end: int | None = None  # "counted" from session_end, as the live count saw it
     last_event: datetime | None = None
     _by_track: dict[int, int] = field(default_factory=dict, repr=False)
+    # kept as cells are added and reviewed, so counts cost O(classes), not O(cells)
+    _model_tally: Counter[str] = field(default_factory=Counter, repr=False)
+    _reviewed_tally: Counter[str] = field(default_factory=Counter, repr=False)
+    _rejected: int = field(default=0, repr=False)
+    _reviewed_cells: int = field(default=0, repr=False)
 
     # --- counts -------------------------------------------------------------------------
     def classes(self) -> list[str]:
         """Class order for tables: the model's classes, any others seen, unclassified last."""
         order = list(self.model.classes)
-        seen = set(order)
-        extra: list[str] = []
-        for cell in self.cells:
-            for name in (cell.model_class, cell.reviewed_class):
-                if name and name not in seen:
-                    seen.add(name)
-                    extra.append(name)
+        extra = {name for tally in (self._model_tally, self._reviewed_tally)
+                 for name, n in tally.items() if n} - set(order)
         unclassified = [UNCLASSIFIED] if UNCLASSIFIED in extra else []
-        return order + sorted(c for c in extra if c != UNCLASSIFIED) + unclassified
+        return order + sorted(extra - {UNCLASSIFIED}) + unclassified
 
     def review_classes(self) -> list[str]:
         """The classes a cell can be reclassified to: the model's (unclassified is not one)."""
@@ -281,19 +283,11 @@ class Session:
 
     def model_counts(self) -> dict[str, int]:
         """Cells per class as the model counted them (every cell event)."""
-        counts = dict.fromkeys(self.classes(), 0)
-        for cell in self.cells:
-            counts[cell.model_class] += 1
-        return counts
+        return {name: self._model_tally[name] for name in self.classes()}
 
     def reviewed_counts(self) -> dict[str, int]:
         """Cells per class after review (rejected cells left out)."""
-        counts = dict.fromkeys(self.classes(), 0)
-        for cell in self.cells:
-            name = cell.reviewed_class
-            if name is not None:
-                counts[name] += 1
-        return counts
+        return {name: self._reviewed_tally[name] for name in self.classes()}
 
     def reviewed_labels(self) -> list[str]:
         """Each counted cell's class after review, rejected cells left out (the live count)."""
@@ -310,11 +304,11 @@ class Session:
 
     @property
     def rejected(self) -> int:
-        return sum(cell.rejected for cell in self.cells)
+        return self._rejected
 
     @property
     def reviewed_cells(self) -> int:
-        return sum(cell.review is not None for cell in self.cells)
+        return self._reviewed_cells
 
     @property
     def corrections(self) -> int:
@@ -378,15 +372,31 @@ class Session:
         if cell.track is not None:
             self._by_track[cell.track] = len(self.cells)
         self.cells.append(cell)
+        self._model_tally[cell.model_class] += 1
+        self._reviewed_tally[cell.model_class] += 1
 
     def _apply_review(self, track: int, action: str, name: str | None) -> None:
-        cell = self.cell_of(track)
-        if cell is None:
+        index = self._by_track.get(track)
+        if index is None:
             self.orphan_reviews += 1
             return
-        cell.review = action
-        cell.review_class = name if action == "reclassify" else None
+        old = self.cells[index]
+        new = self.cells[index] = replace(
+            old, review=action, review_class=name if action == "reclassify" else None)
+        if old.reviewed_class is not None:
+            self._reviewed_tally[old.reviewed_class] -= 1
+        if new.reviewed_class is not None:
+            self._reviewed_tally[new.reviewed_class] += 1
+        self._rejected += new.rejected - old.rejected
+        self._reviewed_cells += old.review is None
         self.reviews += 1
+
+    def still(self) -> Session:
+        """A copy that later cells and reviews do not change (O(cells) pointer copies)."""
+        copy = replace(self, cells=list(self.cells), _by_track=dict(self._by_track),
+                       _model_tally=Counter(self._model_tally),
+                       _reviewed_tally=Counter(self._reviewed_tally))
+        return copy
 
 
 def _later(a: datetime, b: datetime) -> bool:

@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from lgld.runtime.cells.session import CountSession
-from lgld.runtime.core.countlog import ReviewError, Session, SessionLog
+from lgld.runtime.core.countlog import Cell, ReviewError, Session, SessionLog
 from lgld.runtime.review.report import CropFiles, percentages, render_html
 
 __all__ = ["ReviewDesk", "ReviewError", "gallery"]
 
 
-def gallery(log: SessionLog, session: Session) -> dict[str, Any]:
-    """The page's review gallery: counts and every counted cell of the session."""
-    crops = CropFiles(log)
+def _counts(session: Session) -> dict[str, Any]:
+    """The gallery's counts (O(classes): the session keeps them as cells come)."""
     model, reviewed = session.model_counts(), session.reviewed_counts()
     return {
         "session": session.id,
@@ -34,18 +33,24 @@ def gallery(log: SessionLog, session: Session) -> dict[str, Any]:
         "cells_total": len(session.cells),
         "reviewed_total": sum(reviewed.values()),
         "rejected": session.rejected,
-        "cells": [
-            {
-                "track": cell.track,
-                "model_class": cell.model_class,
-                "class": cell.reviewed_class,  # None: rejected
-                "confidence": cell.confidence,
-                "review": cell.review,
-                "crop": bool(crops.found(cell)),
-            }
-            for cell in session.cells
-        ],
     }
+
+
+def _cell(cell: Cell, crops: CropFiles) -> dict[str, Any]:
+    return {
+        "track": cell.track,
+        "model_class": cell.model_class,
+        "class": cell.reviewed_class,  # None: rejected
+        "confidence": cell.confidence,
+        "review": cell.review,
+        "crop": bool(crops.found(cell)),
+    }
+
+
+def gallery(log: SessionLog, session: Session) -> dict[str, Any]:
+    """The page's review gallery: counts and every counted cell of the session."""
+    crops = CropFiles(log)
+    return {**_counts(session), "cells": [_cell(cell, crops) for cell in session.cells]}
 
 
 class ReviewDesk:
@@ -67,9 +72,12 @@ class ReviewDesk:
         return gallery(view, view.sessions[0])
 
     def review(self, body: Any) -> dict[str, Any]:
-        """Check, log and count one review; the updated gallery (ReviewError when refused)."""
-        self.count.review(body)
-        return self.gallery()
+        """Check, log and count one review; the updated counts and the reviewed cell (not the
+        whole gallery: an answer in O(1)). ReviewError when refused."""
+        cell = self.count.review(body)
+        view = self.count.view(files=False)
+        assert view is not None  # a review needs a session
+        return {**_counts(view.sessions[0]), "cell": _cell(cell, CropFiles(view))}
 
     def crop(self, track: Any) -> bytes | None:
         """A counted cell's crop, looked up by track (a request never names a file); None when

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 from conftest import read_jsonl
 
+from lgld.lab.cli import main as dataset_main
 from lgld.runtime import cli
 from lgld.runtime.core.countlog import check_review, read_log
-from lgld.runtime.dataset.cli import main as dataset_main
 
 BCCD = Path(__file__).resolve().parent / "data" / "bccd" / "images"
 COMMON = ["--model", "wbc5-128", "--mode", "cells", "--preview", "off", "--threads", "1",

@@ -165,7 +165,7 @@ def test_hostile_lines_are_counted_and_skipped_by_resume_review_report_and_datas
         tmp_path, capsys):
     from lab_logs import reviewed_session
 
-    from lgld.runtime.dataset.cli import main as dataset_main
+    from lgld.lab.cli import main as dataset_main
     from lgld.runtime.review.cli import main as report_main
     from lgld.runtime.review.live import ReviewDesk
 

@@ -87,8 +87,14 @@ def _unit(value: Any) -> float | None:
 
 
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
-    """A bounded string without NUL, else ""."""
-    return value if isinstance(value, str) and len(value) <= limit and "\0" not in value else ""
+    """A bounded string without NUL that UTF-8 can hold (no lone surrogate), else ""."""
+    if not isinstance(value, str) or len(value) > limit or "\0" in value:
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return ""
+    return value
 
 
 def _session_id(value: Any) -> str | None:

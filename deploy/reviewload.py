@@ -3,8 +3,9 @@ measured; exit 1 when a target is missed.
 
 Writes a 60 MB cell-mode log set (``results.jsonl`` and five rotated 10 MB siblings, the
 default ``[log]`` cap; ~4 KB frame records as a cell-mode run writes them; the last session
-unfinished with ``--cells`` counted cells), starts the real ``lgld-run --mode cells`` on it
-(``demo:cells``, the shipped ``wbc5-128`` model, one thread, loopback only), which resumes
+unfinished with ``--cells`` counted cells, their crop files on disk), measures a review in
+process, then starts the real ``lgld-run --mode cells`` on the set (``demo:cells``, the
+shipped ``wbc5-128`` model, one thread, loopback only), which resumes
 that session, then alternates windows without and with reviews: in each review window
 ``--reviews`` reviews are POSTed to ``/api/review``, spread over the window. Targets: the
 95th percentile of the review answer time <= 50 ms, and results/s in the review windows >=
@@ -72,11 +73,15 @@ def write_log_set(folder: Path, cells: int, seed: int = 0) -> Path:
             line = json.dumps(_frame(rng, sid, frame), separators=(",", ":"))
             if frame % every == 0:
                 track += 1
+                crop = f"crops/cells-{sid}/f{frame}-t{track}.jpg"
+                if last:  # the resumed session's crops are on disk, as with a snapshot folder
+                    (folder / crop).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / crop).write_bytes(b"\xff\xd8\xff\xd9")
                 line += "\n" + json.dumps({
                     "event": "cell", "session": sid, "ts": "2026-12-01T10:00:00.000+00:00",
                     "track": track, "class": rng.choice(WBC5), "confidence": 0.9,
                     "probs": {c: 0.2 for c in WBC5}, "frames_seen": 5, "box": [0, 0, 60, 60],
-                    "frame": frame, "crop": f"crops/cells-{sid}/f{frame}-t{track}.jpg",
+                    "frame": frame, "crop": crop,
                     "context": None})
             lines.append(line)
             size += len(line) + 1
@@ -116,6 +121,37 @@ def window(port: int, seconds: float, reviews: list[dict]) -> tuple[float, list[
     return (results(port) - first) / (time.monotonic() - start), times
 
 
+def in_process(log: Path, reviews: int) -> tuple[float, float, float]:
+    """Median ms of resuming the set, of ``CountSession.review`` (what holds the counting lock)
+    and of ``ReviewDesk.review`` (the whole answer, before HTTP), in this process."""
+    from lgld.runtime.cells.session import CountSession
+    from lgld.runtime.cells.stage import CellStage
+    from lgld.runtime.review.live import ReviewDesk
+
+    class Model:  # the classifier surface a stage needs; reviews never call the model
+        classes = WBC5
+
+        class info:  # noqa: N801 - mirrors OnnxClassifier.info
+            input_size = 32
+
+    count = CountSession(CellStage(Model()), lambda record: None, {"classes": WBC5},
+                         log_path=log)
+    t0 = time.perf_counter()
+    count.open(log)
+    resume_ms = 1000 * (time.perf_counter() - t0)
+    desk, rng = ReviewDesk(count), random.Random(2)
+    tracks = [c["track"] for c in desk.gallery()["cells"]]
+    timed: dict[str, list[float]] = {"count": [], "desk": []}
+    for _ in range(reviews):
+        for kind, review in (("count", count.review), ("desk", desk.review)):
+            body = {"session": count.id, "track": rng.choice(tracks), "action": "reclassify",
+                    "class": rng.choice(WBC5)}
+            t0 = time.perf_counter()
+            review(body)
+            timed[kind].append(1000 * (time.perf_counter() - t0))
+    return resume_ms, statistics.median(timed["count"]), statistics.median(timed["desk"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--window", type=float, default=10.0, help="seconds per window")
@@ -128,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         log = write_log_set(folder, args.cells)
         total = sum(f.stat().st_size for f in folder.glob("results.jsonl*"))
         print(f"log set: {total / 1e6:.1f} MB in {FILES} files ({time.monotonic() - t0:.1f} s)")
+        resume_ms, count_ms, desk_ms = in_process(log, args.reviews)
+        print(f"in process: resume {resume_ms:.0f} ms; a review: {count_ms:.3f} ms under the "
+              f"counting lock, {desk_ms:.2f} ms with its answer (medians of {args.reviews})")
         port = free_port()
         stderr = folder / "run.stderr"
         command = [sys.executable, "-m", "lgld.runtime.cli", "--model", "wbc5-128", "--mode",

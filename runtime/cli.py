@@ -41,11 +41,11 @@ from lgld.runtime.config import (
     parse_roi,
     to_toml,
 )
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.cliutil import OneLineParser
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings

@@ -4,32 +4,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 from lab_logs import WBC5, reviewed_session
 
-from lgld.lab.build import Options, Source, plan, write
-from lgld.models.checkpoint import save_checkpoint
-from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.core.preprocess import PreprocessSpec
-from lgld.training.cli import eval_main, train_main
-from lgld.training.data import DataError, Discovered, Item
-from lgld.training.groups import group_split
-from lgld.training.mix import mix_into, mixed_count
-from lgld.training.modelcard import _lab_section
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
+torch = pytest.importorskip("torch")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from lgld.lab.build import Options, Source, plan, write  # noqa: E402
+from lgld.models.checkpoint import save_checkpoint  # noqa: E402
+from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
+from lgld.training.cli import eval_main, train_main  # noqa: E402
+from lgld.training.data import DataError, Discovered, Item  # noqa: E402
+from lgld.training.groups import group_split  # noqa: E402
+from lgld.training.mix import mix_into, mixed_count  # noqa: E402
+from lgld.training.modelcard import _lab_section  # noqa: E402
 
 
 def grouped_items(cells_per_class: int = 10, classes=("a", "b")) -> tuple[list[Item], dict]:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import cv2
 
 from lgld.runtime import calibration
 from lgld.runtime.cells.crops import check_white_cell_model
-from lgld.runtime.cells.cropstore import CropBudget
+from lgld.runtime.cells.cropstore import CropBudget, reviewed_crops
 from lgld.runtime.cells.detect import DetectorSettings
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
@@ -54,7 +53,6 @@ from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
 from lgld.runtime.review import validation
-from lgld.runtime.review.crops import reviewed_crops
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource
@@ -320,8 +318,7 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
-                review = (ReviewDesk(result_log.path, result_log.write,
-                                     partial(cells.recount, result_log.path))
+                review = (ReviewDesk(cells)
                           if cells is not None and result_log is not None else None)
                 server.start(App(
                     pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
@@ -407,8 +404,7 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
                            cfg.http.snapshot_dir or None, cfg.log.path or None,
                            crop_budget=budget.added if budget else None,
                            domain=_domain_check(cfg, info.domain, model["sha256"]))
-    if not (tracking and c.resume and result_log and session.resume(result_log.path)):
-        session.start()
+    session.open(result_log.path if result_log else None, resume=tracking and c.resume)
     return session
 
 

@@ -261,7 +261,7 @@ def test_domainstats_writes_the_reference_into_the_model(tiny_model, tmp_path, c
 
 
 def test_a_domain_event_belongs_to_its_session_in_the_report_reader(tmp_path):
-    from lgld.runtime.review.sessionlog import read_log
+    from lgld.runtime.core.countlog import read_log
 
     log = _log(tmp_path, {})
     parsed = read_log(log)

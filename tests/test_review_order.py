@@ -33,8 +33,8 @@ def test_every_cell_appears_once_whatever_the_mix():
 def test_the_page_gallery_lists_unreviewed_cells_in_review_order(tmp_path):
     from review_logs import LogBuilder
 
+    from lgld.runtime.core.countlog import read_log
     from lgld.runtime.review.live import gallery
-    from lgld.runtime.review.sessionlog import read_log
 
     b = LogBuilder(tmp_path)
     b.start()

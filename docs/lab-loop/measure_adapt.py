@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from review_from_labels import field_truth, frame_files  # noqa: E402
 
 from lgld.models.checkpoint import load_checkpoint  # noqa: E402
+from lgld.runtime.core.countlog import read_log  # noqa: E402
 from lgld.runtime.review.order import review_order  # noqa: E402
-from lgld.runtime.review.sessionlog import read_log  # noqa: E402
 from lgld.training.adapt import adabn, load_inputs, tent  # noqa: E402
 from lgld.training.finetune import fit_classifier, pooled_features, quarter_turns  # noqa: E402
 

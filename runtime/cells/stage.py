@@ -58,7 +58,7 @@ class CellInput:
 class CellFrame:
     """One frame's cell-mode result."""
 
-    cells: list[dict[str, Any]]  # the "cells" of the frame record (CELLS_SCHEMA.md)
+    cells: list[dict[str, Any]]  # the "cells" of the frame record (docs/log-format.md)
     counted: list[CountedCell] = field(default_factory=list)  # counted in this frame
     crops: list[np.ndarray] = field(default_factory=list)  # full-resolution crop per counted
     logits: list[np.ndarray] = field(default_factory=list)  # model logits per counted cell
@@ -99,7 +99,7 @@ class CellStage:
         chosen = [i for i, c in enumerate(found.cells) if self.tracker is None or not c.partial]
         batch = None
         if chosen:
-            crops = cell_crops(image, [found.cells[i] for i in chosen], found.typical_diameter,
+            crops = cell_crops(image, [found.cells[i] for i in chosen], found.crop_diameter,
                                self.classifier.info.input_size)
             batch = self.classifier.prepare(crops)
         t2 = time.perf_counter()
@@ -119,7 +119,7 @@ class CellStage:
                 probs[prepared.classified] = self.classifier.predict(prepared.batch)
             probs[~np.isfinite(probs).all(axis=1)] = 0.0  # a broken output is never a class
         result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
-        side = crop_side(found.typical_diameter)
+        side = crop_side(found.crop_diameter)
         if self.tracker is None:
             for i, cell in enumerate(found.cells):
                 record = self._untracked(cell, probs[i])

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.countlog import SessionLogError, read_log
 from lgld.runtime.core.files import default_state_dir, write_atomic
 from lgld.runtime.core.untrusted import shown, text_arg, utf8_safe
 from lgld.runtime.review import validation
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary
-from lgld.runtime.review.sessionlog import SessionLogError, read_log
 
 PROG = "lgld-report"
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's validation on this microscope, in the state directory; later "
                    "sessions that look alike are 'validated'")
     p.add_argument("--state-dir", metavar="DIR", help="state directory (default: "
-                   "[calibration] dir's default: $STATE_DIRECTORY or ~/.local/state/lgld)")
+                   "$STATE_DIRECTORY, else ~/.local/state/lgld, as the calibration's)")
     return p
 
 

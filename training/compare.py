@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from lgld.runtime.core.cliutil import quiet_broken_pipe, run_cli
 from lgld.runtime.core.files import file_sha256
 from lgld.training.data import Item
 from lgld.training.evaluate import (
@@ -129,8 +128,10 @@ def compare(new: Model, current: Model, root: Path, items: Sequence[Item],
 
 def _majority(truth: Sequence[str]) -> dict:
     """The score of always answering the most frequent held-out class (the floor to beat)."""
-    name, count = Counter(truth).most_common(1)[0]
-    return {"class": name, "accuracy": count / len(truth)}
+    counts = Counter(truth)
+    name, count = counts.most_common(1)[0]
+    tied = sum(1 for n in counts.values() if n == count)
+    return {"class": name, "accuracy": count / len(truth), "tied": tied}
 
 
 def _pct(x: float) -> str:
@@ -159,8 +160,12 @@ def format_comparison(result: dict) -> str:
              f"{'accuracy':<22}{acc['current']:>{col}}{acc['new']:>{col}}",
              f"{'macro F1':<22}{_pct(cur['macro_f1']):>{col}}{_pct(new['macro_f1']):>{col}}"]
     major = result["majority"]
-    lines.append(f"(always answering {major['class']}, the most frequent held-out class, "
-                 f"scores {_pct(major['accuracy'])} accuracy)")
+    if major.get("tied", 1) > 1:  # no class is the most frequent one
+        lines.append(f"(always answering any one of the {major['tied']} equally frequent "
+                     f"held-out classes scores {_pct(major['accuracy'])} accuracy)")
+    else:
+        lines.append(f"(always answering {major['class']}, the most frequent held-out class, "
+                     f"scores {_pct(major['accuracy'])} accuracy)")
     if cur["macro_over"] != result["classes"]:
         lines.append(f"(macro averages over the {len(cur['macro_over'])} classes present: "
                      f"{', '.join(cur['macro_over'])})")
@@ -224,12 +229,4 @@ def main(argv: list[str] | None = None) -> int:
     args = _compare_parser().parse_args(argv)
     if not args.compare:
         return evaluate_main(argv)
-    try:
-        run(args)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(PROG, quiet_broken_pipe(run), args)

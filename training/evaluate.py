@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.cliutil import OneLineParser, quiet_broken_pipe, require_extra, run_cli
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
 from lgld.runtime.core.session import OnnxClassifier, softmax
@@ -75,15 +74,10 @@ def load_model(path: str | Path, threads: int | None = None) -> Model:
 
 
 def _load_torch(path: Path, threads: int | None) -> Model:
-    try:
-        import torch
+    require_extra("torch")  # an .onnx model needs only the runtime
+    import torch
 
-        from lgld.models.checkpoint import load_checkpoint
-    except ImportError:
-        raise EvalError(
-            "evaluating a .pt checkpoint needs torch (pip install 'lgld[train]'); "
-            "an .onnx model needs only the runtime"
-        ) from None
+    from lgld.models.checkpoint import load_checkpoint
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(path)
@@ -291,15 +285,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``lgld-eval``."""
     args = _parser().parse_args(argv)
-    try:
-        run(args)
-    except BrokenPipeError:  # e.g. `lgld-eval ... | head`: the results were complete
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (ValueError, OSError) as exc:  # EvalError, DataError, CheckpointError, ModelLoadError..
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(PROG, quiet_broken_pipe(run), args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG",
                    help="cell-mode JSONL log(s); rotated siblings (.1, .2 ...) are read too")
-    p.add_argument("-o", "--out", required=True, type=Path,
+    p.add_argument("-o", "--output", "--out", dest="out", required=True, type=Path,
                    help="data-set folder to create (must not exist)")
     p.add_argument("--crops", action="append", type=Path, default=[],
                    help="folder the logged crop paths are relative to (default: the log's "

@@ -11,15 +11,15 @@ import json
 import sys
 from pathlib import Path
 
-from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.cliutil import OneLineParser, plural, run_cli
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary, write_atomic
-from lgld.runtime.review.sessionlog import SessionLogError, read_log
+from lgld.runtime.review.sessionlog import SessionLog, SessionLogError, read_log
 
 PROG = "lgld-report"
 
 EPILOG = """\
 examples:
-  lgld-report results.jsonl -o report.html            the latest session
+  lgld-report results.jsonl -o report.html            the latest session with cells
   lgld-report results.jsonl --list                     the sessions in the log
   lgld-report results.jsonl --session 20261201-170254-3fa2 -o r.html --csv cells.csv --json s.json
 """
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("log", metavar="LOG.jsonl", help="the result log lgld-run wrote")
-    p.add_argument("--session", metavar="ID", help="session id (default: the latest)")
+    p.add_argument("--session", metavar="ID",
+                   help="session id (default: the latest one with counted cells)")
     p.add_argument("-o", "--output", metavar="REPORT.html", help="write the HTML report here")
     p.add_argument("--csv", metavar="FILE", help="write the per-cell table here")
     p.add_argument("--json", metavar="FILE", help="write the summary here")
@@ -47,16 +48,22 @@ def _list(log) -> int:
     for s in log.sessions:
         start = s.start.isoformat(timespec="seconds") if s.start else "?"
         label = f"  {s.sample}" if s.sample else ""
-        print(f"{s.id}  {start}  {len(s.cells)} cells{label}")
+        print(f"{s.id}  {start}  {plural(len(s.cells), 'cell')}{label}")
     print(f"({log.lines} lines, {log.skipped} skipped)", file=sys.stderr)
     return 0
+
+
+def default_session(log: SessionLog) -> str | None:
+    """The last session with counted cells (a "new count" left empty is not the default);
+    None when no session has any (then the latest)."""
+    return next((s.id for s in reversed(log.sessions) if s.cells), None)
 
 
 def run(args: argparse.Namespace) -> int:
     log = read_log(args.log)
     if args.list:
         return _list(log)
-    session = log.get(args.session)
+    session = log.get(args.session or default_session(log))
     # build everything first: an error leaves no output behind
     crops = CropFiles(log)
     data = summary(log, session, crops)
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SessionLogError(f"cannot write {target}: {exc.strerror or exc}") from None
     counts = session.reviewed_counts()
-    print(f"{PROG}: session {session.id}: {len(session.cells)} cells, "
+    print(f"{PROG}: session {session.id}: {plural(len(session.cells), 'cell')}, "
           f"{sum(counts.values())} after review; wrote "
           + ", ".join(str(Path(t)) for t, _ in outputs))
     if log.skipped:

@@ -23,6 +23,7 @@ import cv2
 
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import model_card, model_label
 from lgld.runtime.core.zoo import zoo_dir
 from lgld.runtime.review.sessionlog import UNCLASSIFIED, Cell, Session, SessionLog
 
@@ -107,6 +108,8 @@ def summary(log: SessionLog, session: Session, crops: CropFiles | None = None) -
         "time_to_target_s": _round(session.time_to_target_s(), 1),
         "frames": session.frames,
         "model": {
+            "label": model_label(session.model.path, session.model.precision)
+            if session.model.path else None,
             "name": session.model.name,
             "path": session.model.path,
             "sha256": session.model.sha256,
@@ -292,13 +295,13 @@ def find_model_card(session: Session) -> tuple[Path, str] | None:
     if not session.model.path:
         return None
     model = Path(session.model.path)
-    candidates = [model.with_suffix(".md")]
+    candidates = [model_card(model)]
     zoo = zoo_dir()
     if zoo is not None and session.model.sha256:
         shipped = zoo / model.name
         try:
             if shipped.is_file() and file_sha256(shipped) == session.model.sha256:
-                candidates.append(shipped.with_suffix(".md"))
+                candidates.append(model_card(shipped))
         except OSError:
             pass
     for card in candidates:
@@ -490,6 +493,7 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
 
     model = session.model
     model_rows = [
+        ("model", escape(model_label(model.path, model.precision)) if model.path else "unknown"),
         ("name", escape(model.name) or '<span class="muted">unknown</span>'),
         ("precision", escape(model.precision) or "unknown"),
         ("sha256", f"<code>{escape(model.sha256) or 'unknown'}</code>"),

@@ -7,7 +7,7 @@
 * ``POST /api/snapshot`` save raw frame, overlay and result JSON to ``http.snapshot_dir``
 * ``/api/latest``        the latest result plus counts and rates (JSON)
 * ``/healthz``           200 while frames arrive and inference runs, else 503; with the
-                         flat-field calibration's state (ok, stale, missing)
+                         flat-field calibration's state (ok, stale, missing, demo)
 * ``/metrics``           Prometheus text format (version 0.0.4)
 * ``/api/count``         cell mode: the differential count (counts, %, target, session)
 * ``POST /api/count/reset``  cell mode: end the count session and start a new, empty one
@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lgld.runtime.config import HttpSection
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import model_label
 from lgld.runtime.core.strictjson import dumps
 from lgld.runtime.pipeline import Pipeline
 from lgld.runtime.render import Renderer
@@ -108,8 +109,12 @@ class App:
     def latest(self) -> dict[str, Any]:
         """/api/latest: the latest result, counts and rates, and the state vocabulary."""
         snap = self.pipeline.snapshot()
+        clf = self.pipeline.classifier
         return {
             "model": snap.model,
+            # the file and precision that run, as --check, the log and the report name them
+            "model_file": model_label(clf.path, clf.info.quantization)
+            if hasattr(clf, "path") and hasattr(clf, "info") else None,
             "classes": self.pipeline.classes,
             "source": snap.source,
             "mode": snap.mode,
@@ -137,7 +142,7 @@ class App:
         return True, "ok"
 
     def calibration(self) -> dict[str, str]:
-        """The flat-field calibration's state (ok | stale | missing) and what to do about it;
+        """The flat-field calibration's state (ok | stale | missing | demo) and what to do about it;
         a missing or stale one does not make the run unhealthy (frames are still classified,
         with the model's own illumination correction only)."""
         cal = self.pipeline.calibration

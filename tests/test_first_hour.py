@@ -1,0 +1,121 @@
+"""The first hour at the microscope, as the README's command 1 gives it and nothing more: a count
+is kept in the state directory, stopped with SIGTERM and Ctrl-C, continued by the next start,
+reviewed through the HTTP API with its crops, and reported by lgld-report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+from conftest import free_port
+
+from lgld.runtime import cli
+from lgld.runtime.review.cli import main as report_main
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _wait(url: str, ok, timeout: float = 40.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = _get(url)
+            if ok(state):
+                return state
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never reached the expected state")
+
+
+def _run_with_client(args: list[str], client, stop: signal.Signals) -> int:
+    """cli.main(args) in this (main) thread while client() talks to it, then ``stop``."""
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            client()
+        except BaseException as exc:  # reported after the run has stopped
+            failure.append(exc)
+        finally:
+            os.kill(os.getpid(), stop)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    rc = cli.main(args)
+    thread.join(10)
+    if failure:
+        raise failure[0]
+    return rc
+
+
+def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_use(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    command_1 = ["--model", "wbc5", "--mode", "cells", "--source", "demo:cells",
+                 "--http", f"127.0.0.1:{port}"]
+    base = f"http://127.0.0.1:{port}"
+    seen: dict = {}
+
+    def first_run() -> None:
+        seen["count"] = _wait(f"{base}/api/count", lambda c: c["total"] >= 2)
+        review = _wait(f"{base}/api/review", lambda r: len(r.get("cells", [])) >= 2)
+        assert review["session"] == seen["count"]["session"]
+        cell = review["cells"][0]
+        assert cell["crop"] is True  # no "no crop" tiles: crops are kept beside the log
+        with urllib.request.urlopen(f"{base}/api/review/crop?track={cell['track']}",
+                                    timeout=10) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            assert response.read(2) == b"\xff\xd8"
+        assert _get(f"{base}/api/latest")["calibration"]["state"] == "demo"
+
+    assert _run_with_client(command_1, first_run, signal.SIGTERM) == 0
+    err = capsys.readouterr().err
+    state = tmp_path / "state" / "lgld"
+    log = state / "counts.jsonl"
+    session = seen["count"]["session"]
+    assert f"new count session {session}; kept in {log}, crops in {state / 'crops'}" in err
+    assert "left open: the next start continues it" in err
+    assert "calibration missing" not in err and "--calibrate" not in err
+    assert any((state / "crops").rglob("*.jpg"))
+
+    def second_run() -> None:
+        count = _wait(f"{base}/api/count", lambda c: c["total"] >= seen["count"]["total"] + 1)
+        assert count["session"] == session  # the same count, continued
+        review = _get(f"{base}/api/review")
+        cell = review["cells"][0]
+        other = next(c for c in review["review_classes"] if c != cell["model_class"])
+        _post(f"{base}/api/review", {"track": cell["track"], "action": "reclassify",
+                                     "class": other})
+        seen["reviewed"] = (cell["track"], other)
+
+    assert _run_with_client(command_1, second_run, signal.SIGINT) == 0  # Ctrl-C
+    err = capsys.readouterr().err
+    assert f"resumed count session {session} at " in err and "SIGINT received" in err
+
+    report = tmp_path / "report.html"
+    assert report_main([str(log), "-o", str(report), "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["session"] == session and summary["cells"] >= 3
+    assert summary["review"]["corrections"] == 1
+    assert summary["model"]["label"] in ("lgld-wbc5.onnx (fp32)", "lgld-wbc5.int8.onnx (int8)")
+    html = report.read_text()
+    assert "data:image/jpeg;base64," in html  # the crops, in the report
+    assert "Model card not found" not in html

@@ -537,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _error(EXIT_USAGE, exc)
     except KeyboardInterrupt:  # Ctrl-C before the pipeline took over the signal
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("LGLD_DEBUG"):

@@ -11,9 +11,23 @@ import threading
 import time
 import urllib.request
 
+import numpy as np
+import pytest
 from conftest import free_port
 
 from lgld.runtime import cli
+from lgld.runtime.core.precision import model_card, model_label
+from lgld.runtime.core.zoo import zoo_dir
+from lgld.runtime.doctor import check_model
+from lgld.runtime.overlay import (
+    AMBER,
+    CLASS_COLOURS,
+    WHITE,
+    OverlayInfo,
+    contrast_ratio,
+    draw_overlay,
+    text_colour_on,
+)
 from lgld.runtime.review.cli import main as report_main
 
 
@@ -84,7 +98,12 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
                                     timeout=10) as response:
             assert response.headers["Content-Type"] == "image/jpeg"
             assert response.read(2) == b"\xff\xd8"
-        assert _get(f"{base}/api/latest")["calibration"]["state"] == "demo"
+        latest = _get(f"{base}/api/latest")
+        assert latest["calibration"]["state"] == "demo"
+        assert latest["model_file"] in ("lgld-wbc5.onnx (fp32)", "lgld-wbc5.int8.onnx (int8)")
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+        assert "lgld_cells_counted_total" in metrics  # cells, not per-frame class results
+        assert "lgld_class_results_total" not in metrics
 
     assert _run_with_client(command_1, first_run, signal.SIGTERM) == 0
     err = capsys.readouterr().err
@@ -119,3 +138,50 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
     html = report.read_text()
     assert "data:image/jpeg;base64," in html  # the crops, in the report
     assert "Model card not found" not in html
+
+
+def test_every_overlay_label_reads_at_wcag_aa_on_its_class_colour():
+    for name, colour in {**CLASS_COLOURS, "uncertain": AMBER, "other": WHITE}.items():
+        assert contrast_ratio(text_colour_on(colour), colour) >= 4.5, name
+    assert contrast_ratio(WHITE, (0, 0, 0)) == pytest.approx(21.0)
+    # the old Basophil label: purple text on a dark translucent box (about 2.3:1)
+    assert contrast_ratio(CLASS_COLOURS["Basophil"], (20, 20, 20)) < 4.5
+
+
+def test_the_count_panel_sits_beside_the_frame_and_hides_no_cell():
+    frame = np.full((480, 640, 3), 200, np.uint8)
+    count = {"counts": {"Basophil": 1, "unclassified": 0}, "percent": {"Basophil": 100.0,
+             "unclassified": 0.0}, "total": 1, "target": 100, "complete": False}
+    out = draw_overlay(frame, None, OverlayInfo(mode="cells", cell_count=count))
+    assert out.shape[0] == 480 and out.shape[1] > 640
+    status_bar = round(34 * 0.6)
+    assert (out[: 480 - status_bar, :640] == 200).all()  # nothing drawn over the field
+
+
+def test_the_int8_file_shares_the_card_and_is_named_by_file_and_precision(tmp_path):
+    zoo = zoo_dir()
+    assert zoo is not None
+    int8 = zoo / "lgld-wbc5.int8.onnx"
+    assert model_card(int8) == model_card(zoo / "lgld-wbc5.onnx") == zoo / "lgld-wbc5.md"
+    assert model_card(int8).is_file()
+    assert model_label(int8, "int8-qdq") == "lgld-wbc5.int8.onnx (int8)"
+    cfg = cli.effective_config(cli.build_parser().parse_args(
+        ["--model", "wbc5", "--precision", "int8", "--threads", "1"]))
+    check = check_model(cfg)
+    assert check.ok and check.detail.startswith("lgld-wbc5.int8.onnx (int8) | ")
+
+
+def test_the_report_defaults_to_the_last_session_with_cells(tmp_path, capsys):
+    log = tmp_path / "counts.jsonl"
+    records = [
+        {"event": "session_start", "session": "s1", "time": "2026-12-03T08:00:00.000+00:00"},
+        {"event": "cell", "session": "s1", "time": "2026-12-03T08:00:01.000+00:00",
+         "track": 1, "class": "Neutrophil", "confidence": 0.9},
+        {"event": "session_end", "session": "s1", "time": "2026-12-03T08:00:02.000+00:00"},
+        {"event": "session_start", "session": "s2", "time": "2026-12-03T08:00:03.000+00:00"},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert report_main([str(log), "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["session"] == "s1"
+    assert report_main([str(log), "--session", "s2", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["cells"] == 0

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,29 @@ def test_the_report_defaults_to_the_last_session_with_cells(tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["session"] == "s1"
     assert report_main([str(log), "--session", "s2", "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["cells"] == 0
+
+
+def test_no_log_keeps_nothing_and_log_and_crops_put_the_count_elsewhere(tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    image = sorted((Path(__file__).parent / "data" / "bccd" / "images").glob("*.jpg"))[0]
+    (folder / image.name).write_bytes(image.read_bytes())
+    common = ["--model", "wbc5-128", "--mode", "cells", "--source", f"images:{folder}",
+              "--preview", "off", "--threads", "1"]
+    assert cli.main([*common, "--no-log"]) == 0
+    assert "no log (--no-log): this count is not kept" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()
+
+    log, crops = tmp_path / "here" / "count.jsonl", tmp_path / "crops"
+    assert cli.main([*common, "--log", str(log), "--crops", str(crops)]) == 0
+    err = capsys.readouterr().err
+    assert f"kept in {log}, crops in {crops}" in err and "; closed" in err  # a batch closes
+    assert not (tmp_path / "state").exists() and any(crops.rglob("*.jpg"))
+    events = [json.loads(line).get("event") for line in log.read_text().splitlines()]
+    assert events.count("session_start") == events.count("session_end") == 1
+
+    assert cli.main([*common, "--log", str(log), "--no-log"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -103,7 +103,9 @@ class App:
 
     def review_desk(self) -> ReviewDesk:
         if self.review is None:
-            raise ReviewError("review needs cell mode and a log (--mode cells --log FILE)", 409)
+            raise ReviewError("review needs cell mode and a log: this run keeps none (--no-log "
+                              "or [log] path = \"\"); lgld-run --mode cells keeps one by "
+                              "default", 409)
         return self.review
 
     def latest(self) -> dict[str, Any]:

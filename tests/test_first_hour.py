@@ -81,7 +81,6 @@ def _run_with_client(args: list[str], client, stop: signal.Signals) -> int:
 def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_use(
         tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     monkeypatch.chdir(tmp_path)
     port = free_port()
     command_1 = ["--model", "wbc5", "--mode", "cells", "--source", "demo:cells",
@@ -191,7 +190,6 @@ def test_the_report_defaults_to_the_last_session_with_cells(tmp_path, capsys):
 def test_no_log_keeps_nothing_and_log_and_crops_put_the_count_elsewhere(tmp_path, monkeypatch,
                                                                         capsys):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
     folder = tmp_path / "fields"
     folder.mkdir()
     image = sorted((Path(__file__).parent / "data" / "bccd" / "images").glob("*.jpg"))[0]

@@ -246,7 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", help="split.json of a run: evaluate one of its parts")
     p.add_argument("--split", default="test", choices=("test", "val", "train"),
                    help="which part of --split-file (default: test)")
-    p.add_argument("--json", dest="json_out", help="also write the results as JSON here")
+    p.add_argument("-o", "--output", "--json", dest="json_out", metavar="OUT.json",
+                   help="also write the results as JSON here")
     p.add_argument("--perturb", action="store_true",
                    help="also measure accuracy under stain, blur, noise, JPEG, exposure and "
                         "white-balance shifts")

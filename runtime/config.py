@@ -131,8 +131,8 @@ class CellsSection:
                             "(target reached, a new count, --new-session); docs/cells.md.")
     crops_dir: str = _f("", "Folder of the counted cells' crops (lgld-run --crops); \"\" =\n"
                             "[http] snapshot_dir when set, else a crops/ folder beside the log.")
-    crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved with\n"
-                                      "[http] snapshot_dir): past it the oldest unreviewed cells'\n"
+    crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved in\n"
+                                      "crops_dir): past it the oldest unreviewed cells'\n"
                                       "crops go first, reviewed ones last; 0 = no limit.")
 
     def diameter_range(self) -> tuple[float, float] | None:

@@ -4,7 +4,7 @@ The subpackages of `lgld` live in top-level folders, mapped in pyproject.toml's
 [tool.setuptools.package-dir] ("lgld.runtime" = "runtime", ...). setuptools cannot discover
 packages below a renamed prefix from pyproject.toml alone, so this file finds them: every package
 below each mapped folder, and every data file of those packages (non-Python files in a package's
-folder and in its data folders, e.g. models/zoo/ and runtime/assets/). A new subpackage, a new
+folder and in its data folders, e.g. zoo/ and runtime/assets/). A new subpackage, a new
 mapped folder (one line in package-dir) or a new model file can never be left out of the wheel;
 tests/test_packaging.py compares a built wheel with the source tree.
 """

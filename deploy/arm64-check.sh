@@ -108,13 +108,13 @@ for data in ALL WBC5; do
 done
 
 runs=()
-for model in "$REPO"/models/zoo/*.onnx; do
+for model in "$REPO"/zoo/*.onnx; do
     name=$(basename "$model" .onnx)
     data=ALL
     [[ $name == *wbc5* ]] && data=WBC5
     runs+=("$name $model $data")
 done
-((${#runs[@]})) || fail "no models under $REPO/models/zoo"
+((${#runs[@]})) || fail "no models under $REPO/zoo"
 
 lgld_run() { # ARCH NAME MODEL DATA: one lgld-run over the samples; log in $work/logs
     local arch=$1 name=$2 model=$3 data=$4

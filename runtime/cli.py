@@ -28,6 +28,7 @@ import cv2
 
 from lgld.runtime import calibration
 from lgld.runtime.cells.crops import check_white_cell_model
+from lgld.runtime.cells.cropstore import CropBudget
 from lgld.runtime.cells.detect import DetectorSettings
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
@@ -48,11 +49,11 @@ from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision, model_label
 from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import ZOO, resolve_model
-from lgld.runtime.dataset.cropstore import CropBudget, reviewed_crops
 from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
+from lgld.runtime.review.crops import reviewed_crops
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource

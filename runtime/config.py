@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lgld.runtime.core.untrusted import UntrustedError, check_text
+
 #: [log] path meaning "the default": the state directory's log in cells mode, else no log.
 LOG_AUTO = "auto"
 
@@ -229,6 +231,10 @@ class RunConfig:
                f"inference.mode must be field, roi or cells, not {i.mode!r}")
         c = self.cells
         c.diameter_range()
+        try:
+            check_text(c.sample, "cells.sample (--sample)")
+        except UntrustedError as exc:
+            raise ConfigError(str(exc)) from None
         _check(c.max_cells >= 1, "cells.max_cells must be >= 1")
         _check(0 < c.nucleus_low <= c.nucleus_high, "need 0 < cells.nucleus_low <= nucleus_high")
         _check(c.min_frames >= 1, "cells.min_frames must be >= 1")

@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lgld.export.bench.cli import main  # noqa: E402
-from lgld.export.bench.ort_profile import aggregate_profile  # noqa: E402
-from lgld.export.bench.rss import summarize_rss  # noqa: E402
+from lgld.bench.cli import main  # noqa: E402
+from lgld.bench.ort_profile import aggregate_profile  # noqa: E402
+from lgld.bench.rss import summarize_rss  # noqa: E402
 from lgld.export.onnx_export import export_model  # noqa: E402
 from lgld.models.lgld_net import LGLDNet  # noqa: E402
 
@@ -33,7 +33,7 @@ class NoTorch:
         return None
 
 sys.meta_path.insert(0, NoTorch())
-from lgld.export.bench.cli import main
+from lgld.bench.cli import main
 code = main(sys.argv[1:] + ["--input-size", "48"])  # re-export without torch: refused
 print("input-size exit", code, flush=True)
 sys.exit(main(sys.argv[1:]))
@@ -183,7 +183,7 @@ def test_bad_input_is_one_line(
 
 
 def test_interleaved_timing_runs_rounds_with_an_untimed_call_per_block() -> None:
-    from lgld.export.bench.timing import time_interleaved
+    from lgld.bench.timing import time_interleaved
 
     calls: list[str] = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
@@ -230,7 +230,7 @@ def _table(ratio: float | None, parity_ok: bool, pipe_fps: float, camera_fps: fl
 def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
     ratio: float | None, parity_ok: bool, pipe_fps: float, camera_fps: float, expected: dict
 ) -> None:
-    from lgld.export.bench.report import targets
+    from lgld.bench.report import targets
 
     got = {t["target"]: t["status"] for t in targets(_table(ratio, parity_ok, pipe_fps,
                                                              camera_fps))}
@@ -239,7 +239,7 @@ def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
 
 @pytest.mark.parametrize(("int8_ratio", "expected"), [(4.6, "PASS"), (2.5, "FAIL")])
 def test_the_int8_row_is_judged_as_the_best_precision(int8_ratio: float, expected: str) -> None:
-    from lgld.export.bench.report import targets
+    from lgld.bench.report import targets
 
     table = _table(2.6, True, 95.0, 200.0)
     table["rows"].append({"key": "int8", "ratio_vs_row1": int8_ratio})
@@ -256,8 +256,8 @@ def test_a_shipped_model_without_its_checkpoint_skips_the_torch_rows(
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     shutil.copy(resolve_model("all-128"), zoo / "lgld-all-128.onnx")
-    monkeypatch.setattr("lgld.export.bench.models.zoo_dir", lambda: zoo)
-    monkeypatch.chdir(tmp_path)  # not a checkout: no ./models/zoo either
+    monkeypatch.setattr("lgld.bench.models.zoo_dir", lambda: zoo)
+    monkeypatch.chdir(tmp_path)  # not a checkout: no ./zoo either
     out = tmp_path / "r.json"
     assert main(["--model", str(zoo / "lgld-all-128.onnx"), "--repeats", "2", "--warmup", "0",
                  "--pipeline-seconds", "0", "--peak-size", "0", "--threads", "1",
@@ -273,7 +273,7 @@ def test_the_dev_checkout_finds_the_shipped_checkpoint(tmp_path: Path) -> None:
     """A dev checkout (editable install) benchmarks the shipped weights, sha256-checked."""
     import argparse
 
-    from lgld.export.bench.models import prepare_models
+    from lgld.bench.models import prepare_models
 
     args = argparse.Namespace(model="all-128", checkpoint=None, int8=None, input_size=None)
     m = prepare_models(args, tmp_path)
@@ -295,7 +295,7 @@ def test_a_checkpoint_that_does_not_match_the_model_is_refused(
 def test_cpu_features_name_the_simd_that_int8_speed_depends_on(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lgld.export.bench.machine import cpu_features
+    from lgld.bench.machine import cpu_features
 
     monkeypatch.setattr("platform.machine", lambda: "x86_64")
     assert cpu_features(["fpu", "avx2", "avx512f", "avx512_vnni"]) == [

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lgld.bench.cellmode import iou, voc_boxes
 from lgld.runtime.cells.crops import cell_crop, check_white_cell_model, crop_side
 from lgld.runtime.cells.detect import (
     CellDetector,
@@ -15,7 +16,6 @@ from lgld.runtime.cells.detect import (
     background_reference,
     measure_rbc_diameter,
 )
-from lgld.runtime.cells.evaluate import iou, voc_boxes
 from lgld.runtime.cells.slide import RBC_PX, SlideScan, load_cells
 from lgld.runtime.core.preprocess import read_image
 

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from conftest import free_port, read_jsonl
 
+from lgld.bench.cellmode import iou, voc_boxes
 from lgld.runtime import cli
-from lgld.runtime.cells.evaluate import iou, voc_boxes
 from lgld.runtime.core.jsonlog import read_records
 
 BCCD = Path(__file__).resolve().parent / "data" / "bccd"
@@ -71,7 +71,8 @@ def _get(url: str) -> dict:
 
 
 def _post(url: str, body: bytes = b"") -> dict:
-    request = urllib.request.Request(url, data=body, method="POST")
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 

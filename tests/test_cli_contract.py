@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from lgld.bench import cli as bench_cli
 from lgld.export import cli as export_cli
-from lgld.export.bench import cli as bench_cli
+from lgld.lab import cli as dataset_cli
 from lgld.runtime import cli as run_cli
-from lgld.runtime.dataset import cli as dataset_cli
 from lgld.runtime.review import cli as report_cli
 from lgld.training import cli as train_cli
 from lgld.training import evaluate
@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, Callable, tuple[object, str], dict[str, list[str]
         "missing": ["{missing}.pt", "-o", "{out}"],
         "unreadable": ["{junk}.pt", "-o", "{out}"],
         "extra": ["{junk}.pt", "-o", "{out}"]}),
-    "lgld-bench": ("lgld.export.bench.cli:main", bench_cli.main, (bench_cli, "run"), {
+    "lgld-bench": ("lgld.bench.cli:main", bench_cli.main, (bench_cli, "run"), {
         "missing": ["--model", "{missing}.onnx"],
         "unreadable": ["--model", "{junk}.onnx"]}),
     "lgld-run": ("lgld.runtime.cli:main", run_cli.main, (run_cli, "run"), {
@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, Callable, tuple[object, str], dict[str, list[str]
     "lgld-report": ("lgld.runtime.review.cli:main", report_cli.main, (report_cli, "run"), {
         "missing": ["{missing}.jsonl", "-o", "{out}"],
         "unreadable": ["{junk}.jsonl", "-o", "{out}"]}),
-    "lgld-dataset": ("lgld.runtime.dataset.cli:main", dataset_cli.main, (dataset_cli, "run"), {
+    "lgld-dataset": ("lgld.lab.cli:main", dataset_cli.main, (dataset_cli, "run"), {
         "missing": ["{missing}.jsonl", "-o", "{out}"],
         "unreadable": ["{junk}.jsonl", "-o", "{out}"]}),
 }

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from lab_logs import LabLog, crop_image, reviewed_session
 
+from lgld.lab.build import DatasetError, Options, Source, plan, write
+from lgld.lab.cli import main
+from lgld.lab.manifest import image_groups, read_manifest
 from lgld.runtime.core.files import file_sha256
-from lgld.runtime.core.labmanifest import image_groups, read_manifest
-from lgld.runtime.dataset.build import DatasetError, Options, Source, plan, write
-from lgld.runtime.dataset.cli import main
 
 SID = "20261201-100000-abcd"
 

@@ -56,7 +56,10 @@ def running(tmp_path):
 
 
 def request(server, path, method="GET", headers=None, body=None):
+    """One request; a POST says it is JSON unless ``headers`` say otherwise."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    if method == "POST":
+        headers = {"Content-Type": "application/json", **(headers or {})}
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
@@ -253,7 +256,7 @@ def test_a_client_reset_mid_request_leaves_no_traceback(running, capfd, caplog):
     with caplog.at_level(logging.INFO, logger="lgld.runtime"):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         sock.sendall(b"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Length: 1000\r\n\r\nabc")
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\nabc")
         time.sleep(0.2)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # RST

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 from conftest import read_jsonl
 
+from lgld.lab.cli import main as dataset_main
 from lgld.runtime import cli
-from lgld.runtime.dataset.cli import main as dataset_main
 from lgld.runtime.review.live import review_record
 from lgld.runtime.review.sessionlog import read_log
 

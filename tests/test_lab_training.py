@@ -13,10 +13,10 @@ import pytest
 import torch
 from lab_logs import WBC5, reviewed_session
 
+from lgld.lab.build import Options, Source, plan, write
 from lgld.models.checkpoint import save_checkpoint
 from lgld.models.lgld_net import LGLDNet, ModelConfig
 from lgld.runtime.core.preprocess import PreprocessSpec
-from lgld.runtime.dataset.build import Options, Source, plan, write
 from lgld.training.cli import eval_main, train_main
 from lgld.training.data import DataError, Discovered, Item
 from lgld.training.groups import group_split

@@ -88,9 +88,9 @@ def test_the_wheel_holds_every_package_and_data_file_of_the_source_tree(wheel: P
     # The source tree's packages themselves, named: a folder of .py files that is not in the
     # wheel is the failure this guards against (lgld.runtime.cells once was).
     packages = {str(Path(n).parent).replace("/", ".") for n in expected if n.endswith(".py")}
-    assert {"lgld.runtime.cells", "lgld.runtime.core", "lgld.models"} <= packages
+    assert {"lgld.runtime.cells", "lgld.runtime.core", "lgld.models", "lgld.zoo"} <= packages
     assert not [n for n in names if n.endswith(".pt")]
-    assert any(n.startswith("lgld/models/zoo/") and n.endswith(".onnx") for n in names)
+    assert any(n.startswith("lgld/zoo/") and n.endswith(".onnx") for n in names)
 
 
 def test_every_command_of_the_wheel_points_at_a_module_it_holds(wheel: Path) -> None:

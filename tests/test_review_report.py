@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from review_logs import LogBuilder, expected_reviewed, session_cells
 
+from lgld.runtime.core.files import file_sha256
 from lgld.runtime.review import report as report_mod
 from lgld.runtime.review.cli import main
 
-ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
 
 
 class _Tables(HTMLParser):
@@ -208,8 +209,9 @@ def test_the_model_card_beside_the_model_file_is_included(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     shutil.copyfile(ZOO / "lgld-wbc5.md", models / "lgld-wbc5.md")
+    shutil.copyfile(ZOO / "lgld-wbc5.onnx", models / "lgld-wbc5.onnx")
     b = LogBuilder(tmp_path / "pi", seed=3, crops=None)
-    b.start(model_path=str(models / "lgld-wbc5.onnx"))
+    b.start(model_path=str(models / "lgld-wbc5.onnx"), sha256=file_sha256(ZOO / "lgld-wbc5.onnx"))
     b.cells(3)
     out = tmp_path / "r.html"
     assert main([str(b.write()), "-o", str(out)]) == 0

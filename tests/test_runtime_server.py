@@ -50,7 +50,9 @@ def live(tmp_path):
 
 
 def get(server, path, method="GET"):
-    request = urllib.request.Request(server.url.rstrip("/") + path, method=method)
+    headers = {"Content-Type": "application/json"} if method == "POST" else {}
+    request = urllib.request.Request(server.url.rstrip("/") + path, method=method,
+                                     headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         return response.status, response.headers, response.read()
 

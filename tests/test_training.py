@@ -382,7 +382,7 @@ def test_lgld_train_restarts_once_and_keeps_its_exit_code(
 
 
 def test_throughput_table_reports_medians_and_ratios_to_the_reference_step() -> None:
-    from lgld.training.throughput import format_training, summarise
+    from lgld.bench.throughput import format_training, summarise
 
     def run(ips: float, user: float, images: int = 64) -> dict:
         return {"images_per_second": ips, "user_s": user, "sys_s": 1.0, "images": images,

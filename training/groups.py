@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 
-from lgld.runtime.core.labmanifest import (
+from lgld.lab.manifest import (
     ManifestError,
     image_groups,
     model_labelled,

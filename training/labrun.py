@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lgld.runtime.core.labmanifest import MANIFEST_NAME
+from lgld.lab.manifest import MANIFEST_NAME
 from lgld.training.data import DataError, Discovered, Split
 from lgld.training.groups import group_split, manifest_groups
 from lgld.training.mix import mix_into, mix_pool

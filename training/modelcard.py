@@ -2,7 +2,7 @@
 
     python -m lgld.training.modelcard RUN_DIR --eval-json VAL.json [--test-json TEST.json]
         [--shifts-json SHIFTS.jsonl] [--note "..."] --title "..." --data-citation "..."
-        --onnx models/zoo/x.onnx -o models/zoo/x.md
+        --onnx zoo/x.onnx -o zoo/x.md
 
 ``--shifts-json``: one JSON object per line, ``{"label": ..., "clean": {"accuracy": ..,
 "macro_f1": ..}, "-1 EV": {..}, ...}`` (accuracy and F1 in percent): the acquisition-shift
@@ -192,7 +192,7 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
     """The chain of runs behind run_dir (following --init), oldest first.
 
     ``prior`` is the run that produced an --init checkpoint which is not a run's own
-    ``best.pt`` (e.g. a shipped release copy in models/zoo): its history joins the chain.
+    ``best.pt`` (e.g. a shipped release copy in zoo/): its history joins the chain.
     """
     from lgld.models.checkpoint import load_checkpoint
 
@@ -233,7 +233,7 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
 
 
 def _repo_relative(path: Path) -> str:
-    """``models/zoo/x.pt`` for a file inside this checkout, else the path as recorded."""
+    """``zoo/x.pt`` for a file inside this checkout, else the path as recorded."""
     root = Path(__file__).resolve().parents[1]
     try:
         return str(path.resolve().relative_to(root))

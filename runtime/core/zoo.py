@@ -1,16 +1,15 @@
 """Resolve ``--model``: a shipped model by name (``all``, ``wbc5``) or a path.
 
-Shipped models live in the ``zoo/`` folder of the installed ``lgld.models`` package. That
-folder is found with ``importlib.util.find_spec`` only, so no ``lgld.models`` code (and no
-torch) is ever imported by the runtime.
+Shipped models live in the ``lgld.zoo`` data package (the top-level ``zoo/`` folder), which
+holds no code, so the runtime imports it without pulling in ``lgld.models`` or torch.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from lgld.runtime.core.session import ModelLoadError
+from lgld.zoo import ZOO_DIR
 
 ZOO = {
     # the defaults: illumination-corrected preprocessing, robust to exposure and white balance
@@ -27,27 +26,16 @@ ZOO = {
 }
 
 
-def zoo_dir() -> Path | None:
-    """The installed lgld.models/zoo folder, or None when lgld.models is not installed."""
-    try:
-        spec = importlib.util.find_spec("lgld.models")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / "zoo"
+def zoo_dir() -> Path:
+    """The installed zoo folder."""
+    return ZOO_DIR
 
 
 def resolve_model(spec: str) -> Path:
     """A zoo name or a path -> the .onnx path; ModelLoadError when a zoo model is missing."""
     name = spec.strip()
     if name.lower() in ZOO:
-        folder = zoo_dir()
-        if folder is None:
-            raise ModelLoadError(
-                f"model {name!r}: the model zoo (lgld.models) is not installed; pass --model PATH"
-            )
-        path = folder / ZOO[name.lower()]
+        path = zoo_dir() / ZOO[name.lower()]
         if not path.is_file():
             raise ModelLoadError(
                 f"model {name!r} is not built yet: {path} not found "

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser, plural, run_cli
+from lgld.runtime.core.untrusted import shown, text_arg, utf8_safe
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary, write_atomic
 from lgld.runtime.review.sessionlog import SessionLog, SessionLogError, read_log
 
@@ -34,12 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("log", metavar="LOG.jsonl", help="the result log lgld-run wrote")
-    p.add_argument("--session", metavar="ID",
+    p.add_argument("log", metavar="LOG.jsonl", type=text_arg, help="the result log lgld-run wrote")
+    p.add_argument("--session", metavar="ID", type=text_arg,
                    help="session id (default: the latest one with counted cells)")
-    p.add_argument("-o", "--output", metavar="REPORT.html", help="write the HTML report here")
-    p.add_argument("--csv", metavar="FILE", help="write the per-cell table here")
-    p.add_argument("--json", metavar="FILE", help="write the summary here")
+    p.add_argument("-o", "--output", metavar="REPORT.html", type=text_arg,
+                   help="write the HTML report here")
+    p.add_argument("--csv", metavar="FILE", type=text_arg, help="write the per-cell table here")
+    p.add_argument("--json", metavar="FILE", type=text_arg, help="write the summary here")
+    p.add_argument("--crops", metavar="DIR", type=text_arg,
+                   help="the folder crops are read from, never outside it (default: the log's "
+                        "folder); a crop is found by the longest tail of its logged path")
     p.add_argument("--list", action="store_true", help="list the sessions in the log and exit")
     return p
 
@@ -47,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _list(log) -> int:
     for s in log.sessions:
         start = s.start.isoformat(timespec="seconds") if s.start else "?"
-        label = f"  {s.sample}" if s.sample else ""
-        print(f"{s.id}  {start}  {plural(len(s.cells), 'cell')}{label}")
+        label = f"  {shown(s.sample)}" if s.sample else ""
+        print(f"{shown(s.id)}  {start}  {plural(len(s.cells), 'cell')}{label}")
     print(f"({log.lines} lines, {log.skipped} skipped)", file=sys.stderr)
     return 0
 
@@ -60,12 +65,14 @@ def default_session(log: SessionLog) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.crops is not None and not Path(args.crops).is_dir():
+        raise SessionLogError(f"crop folder not found: {args.crops}")
     log = read_log(args.log)
     if args.list:
         return _list(log)
     session = log.get(args.session or default_session(log))
     # build everything first: an error leaves no output behind
-    crops = CropFiles(log)
+    crops = CropFiles(log, args.crops)
     data = summary(log, session, crops)
     outputs: list[tuple[str, str]] = []
     if args.output:
@@ -73,14 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         outputs.append((args.csv, cells_csv(log, session, crops)))
     if args.json:
-        outputs.append((args.json, json.dumps(data, indent=2) + "\n"))
+        outputs.append((args.json, utf8_safe(json.dumps(data, indent=2, ensure_ascii=False))
+                        + "\n"))
     for target, text in outputs:
         try:
             write_atomic(target, text)
         except OSError as exc:
             raise SessionLogError(f"cannot write {target}: {exc.strerror or exc}") from None
     counts = session.reviewed_counts()
-    print(f"{PROG}: session {session.id}: {plural(len(session.cells), 'cell')}, "
+    print(f"{PROG}: session {shown(session.id)}: {plural(len(session.cells), 'cell')}, "
           f"{sum(counts.values())} after review; wrote "
           + ", ".join(str(Path(t)) for t, _ in outputs))
     if log.skipped:

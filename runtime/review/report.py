@@ -20,10 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
+from lgld.runtime.config import SourceSection
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import model_card, model_label
+from lgld.runtime.core.untrusted import (
+    UntrustedError,
+    check_pixels,
+    inside,
+    read_bounded,
+    shown,
+    utf8_safe,
+)
 from lgld.runtime.core.zoo import zoo_dir
 from lgld.runtime.review.sessionlog import UNCLASSIFIED, Cell, Session, SessionLog
 
@@ -33,6 +43,12 @@ GALLERY_CAP = 150  # thumbnails per class at most (keeps a 10,000-cell report a 
 HIST_BINS = 20
 PALETTE = ["#3b6ea8", "#c0504d", "#4f9a5b", "#8064a2", "#d08a2e", "#2c9fa8", "#a0527a", "#6b7b3a"]
 GREY = "#8a8f98"
+MAX_PIXELS = SourceSection.max_image_pixels  # a crop's pixel limit: the images: source's
+MAX_CROP_BYTES = 64 << 20  # a crop file larger than this is not read (crops are ~30 KB)
+MAX_CARD_BYTES = 1 << 20  # a model card larger than this is not embedded
+MAX_MODEL_BYTES = 1 << 30  # a model file larger than this is not hashed to find its card
+MAX_PROB_COLUMNS = 256  # the CSV's probability columns: the model's classes, at most this many
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads these as a formula
 
 
 @dataclass
@@ -44,26 +60,41 @@ class CropStats:
     none: int = 0
 
 
+def crop_file(root: str | os.PathLike, logged: str) -> Path | None:
+    """The file a log's crop path names, looked up inside ``root`` only: the path itself, else
+    the longest tail of it that exists there (a crop folder copied off the Pi without the
+    folders above it). None when no such file is inside ``root``: an absolute path, ``..`` or a
+    symbolic link never leads out of it."""
+    direct = inside(root, logged)
+    if direct is not None and direct.is_file():
+        return direct
+    parts = [p for p in Path(logged).parts if p not in (os.sep, "..", ".")]
+    for k in range(len(parts)):
+        candidate = inside(root, Path(*parts[k:]))
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
 class CropFiles:
-    """Where each cell's crop file is (relative paths are relative to the log's folder), with
-    each file's existence checked once."""
+    """Where each cell's crop file is: inside the crop folder (the log's own folder unless
+    ``root`` names another), never outside it (:func:`crop_file`); each looked up once."""
 
-    def __init__(self, log: SessionLog) -> None:
-        self.folder = str(log.path.parent)
-        self._exists: dict[str, bool] = {}
+    def __init__(self, log: SessionLog, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else log.path.parent
+        self._files: dict[str, Path | None] = {}
 
-    def path(self, cell: Cell) -> str | None:
-        return os.path.join(self.folder, cell.crop) if cell.crop else None
+    def path(self, cell: Cell) -> Path | None:
+        """The cell's crop file; None when none was saved or it is not inside the folder."""
+        if not cell.crop:
+            return None
+        if cell.crop not in self._files:
+            self._files[cell.crop] = crop_file(self.root, cell.crop)
+        return self._files[cell.crop]
 
     def found(self, cell: Cell) -> bool | None:
-        """True/False whether the crop file exists; None when no crop was saved."""
-        path = self.path(cell)
-        if path is None:
-            return None
-        known = self._exists.get(path)
-        if known is None:
-            known = self._exists[path] = os.path.isfile(path)
-        return known
+        """True/False whether the crop file is there; None when no crop was saved."""
+        return None if not cell.crop else self.path(cell) is not None
 
     def stats(self, session: Session) -> CropStats:
         stats = CropStats()
@@ -153,42 +184,68 @@ def summary(log: SessionLog, session: Session, crops: CropFiles | None = None) -
     }
 
 
-# --- CSV ------------------------------------------------------------------------------------
+# --- CSV ---------------------------------------------------------------------------------
+def csv_text(value: Any) -> Any:
+    """A cell of the CSV: a text a spreadsheet would read as a formula (``= + - @``, tab, CR
+    first) is quoted as text with a leading apostrophe; plain numbers stay numbers."""
+    if not isinstance(value, str) or not value.startswith(CSV_FORMULA_START):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
+def probability_columns(session: Session) -> list[str]:
+    """The CSV's probability columns: the model's classes (the classes seen when the log names
+    none), at most MAX_PROB_COLUMNS, so the table never grows as classes x cells."""
+    names = session.model.classes or session.classes()
+    return [c for c in dict.fromkeys(names) if c != UNCLASSIFIED][:MAX_PROB_COLUMNS]
+
+
 def cells_csv(log: SessionLog, session: Session, crops: CropFiles | None = None) -> str:
     """One row per counted cell: model and reviewed class, confidence, probabilities, crop."""
-    classes = [c for c in session.classes() if c != UNCLASSIFIED]
+    classes = probability_columns(session)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
         ["session", "track", "time", "frame", "frames_seen", "model_class", "confidence",
          "review", "reviewed_class", "x0", "y0", "x1", "y1", "crop", "crop_found"]
-        + [f"p_{c}" for c in classes]
+        + [csv_text(f"p_{c}") for c in classes]
     )
     crops = crops or CropFiles(log)
     for cell in session.cells:
         found = crops.found(cell)
         box = cell.box or ["", "", "", ""]
-        writer.writerow(
-            [session.id, cell.track if cell.track is not None else "", _iso(cell.time) or "",
-             cell.frame if cell.frame is not None else "",
-             cell.frames_seen if cell.frames_seen is not None else "",
-             cell.model_class, "" if cell.confidence is None else f"{cell.confidence:.4f}",
-             cell.review or "", "rejected" if cell.rejected else cell.reviewed_class, *box,
-             cell.crop or "", "" if found is None else int(found)]
-            + [f"{cell.probs[c]:.4f}" if c in cell.probs else "" for c in classes]
-        )
-    return out.getvalue()
+        row = [session.id, cell.track if cell.track is not None else "", _iso(cell.time) or "",
+               cell.frame if cell.frame is not None else "",
+               cell.frames_seen if cell.frames_seen is not None else "",
+               cell.model_class, "" if cell.confidence is None else f"{cell.confidence:.4f}",
+               cell.review or "", "rejected" if cell.rejected else cell.reviewed_class, *box,
+               cell.crop or "", "" if found is None else int(found)]
+        row += [f"{cell.probs[c]:.4f}" if c in cell.probs else "" for c in classes]
+        writer.writerow([csv_text(v) for v in row])
+    return utf8_safe(out.getvalue())
 
 
 # --- HTML pieces ----------------------------------------------------------------------------
-def thumbnail(path: str | None) -> str | None:
-    """A crop file as a data: URI of a small JPEG, or None when it cannot be read."""
+def thumbnail(path: str | os.PathLike | None, max_pixels: int = MAX_PIXELS) -> str | None:
+    """A crop file as a data: URI of a small JPEG, or None when it cannot be read, is larger
+    than MAX_CROP_BYTES or its header claims more than ``max_pixels`` (checked before
+    decoding, as for the images: source)."""
     if path is None:
         return None
-    # JPEG decodes at half size for almost nothing; fall back to full size for small crops
-    image = cv2.imread(path, cv2.IMREAD_REDUCED_COLOR_2)
-    if image is not None and max(image.shape[:2]) < THUMB_PX:
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
+    try:
+        data = read_bounded(path, MAX_CROP_BYTES)
+        check_pixels(data, max_pixels, str(path))
+        buffer = np.frombuffer(data, np.uint8)
+        # JPEG decodes at half size for almost nothing; fall back to full size for small crops
+        image = cv2.imdecode(buffer, cv2.IMREAD_REDUCED_COLOR_2)
+        if image is not None and max(image.shape[:2]) < THUMB_PX:
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except (OSError, UntrustedError, cv2.error):
+        return None
     if image is None:
         return None
     h, w = image.shape[:2]
@@ -196,10 +253,10 @@ def thumbnail(path: str | None) -> str | None:
     if scale < 1:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY])
     if not ok:
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii")
 
 
 def class_colours(classes: list[str]) -> dict[str, str]:
@@ -289,27 +346,46 @@ def histogram_chart(hist: list[int]) -> str:
     return "".join(parts)
 
 
+def _is_model(path: Path, sha256: str) -> bool:
+    """True when ``path`` is a regular .onnx file (of a sane size) whose sha256 is ``sha256``."""
+    try:
+        return (path.suffix == ".onnx" and path.is_file()
+                and path.stat().st_size <= MAX_MODEL_BYTES and file_sha256(path) == sha256)
+    except (OSError, ValueError):
+        return False
+
+
 def find_model_card(session: Session) -> tuple[Path, str] | None:
-    """The model's card (.md beside the .onnx), else the installed zoo's card of the same file
-    when its sha256 matches the session's (a log copied off the Pi)."""
-    if not session.model.path:
+    """The model's card: the .md beside the model file the log names, or the installed zoo's
+    card of the same file name (a log copied off the Pi), each only where the .onnx beside it
+    is the session's model (its sha256 matches the log's): a crafted ``model.path`` never
+    makes the report embed some other file."""
+    sha256 = session.model.sha256
+    if not session.model.path or not sha256:
         return None
-    model = Path(session.model.path)
-    candidates = [model_card(model)]
+    try:
+        model = Path(session.model.path)
+        models = [model] if model.name else []
+    except (TypeError, ValueError):
+        models = []
     zoo = zoo_dir()
-    if zoo is not None and session.model.sha256:
-        shipped = zoo / model.name
+    if zoo is not None and models and inside(zoo, models[0].name) is not None:
+        models.append(zoo / models[0].name)
+    for found in models:
+        if not _is_model(found, sha256):
+            continue
+        card = model_card(found)  # NAME.md, shared by NAME.onnx and NAME.int8.onnx
         try:
-            if shipped.is_file() and file_sha256(shipped) == session.model.sha256:
-                candidates.append(model_card(shipped))
-        except OSError:
-            pass
-    for card in candidates:
-        try:
-            return card, card.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            if card.is_file() and card.stat().st_size <= MAX_CARD_BYTES:
+                return card, card.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError, ValueError):
             continue
     return None
+
+
+def _h(text: str, limit: int = 200) -> str:
+    """A text from the log, fit to show (:func:`shown`) and HTML-escaped."""
+    return escape(shown(text, limit))
 
 
 def _kv_table(rows: list[tuple[str, str]]) -> str:
@@ -352,11 +428,11 @@ def galleries(crops: CropFiles, session: Session, colours: dict[str, str]) -> st
         if not cells:
             continue
         cells = sorted(cells, key=lambda c: (c.confidence if c.confidence is not None else 2.0))
-        shown = cells[:GALLERY_CAP]
-        capped = (f' <span class="cap">showing the {len(shown)} least confident of '
-                  f'{len(cells)}</span>' if len(cells) > len(shown) else "")
+        visible = cells[:GALLERY_CAP]
+        capped = (f' <span class="cap">showing the {len(visible)} least confident of '
+                  f'{len(cells)}</span>' if len(cells) > len(visible) else "")
         dot = colours.get(key, "#b33") if key else "#b33"
-        figures = "".join(_gallery_cell(crops, c, colours) for c in shown)
+        figures = "".join(_gallery_cell(crops, c, colours) for c in visible)
         sections.append(
             f'<section class="gallery"><h3><span class="dot" style="background:{dot}"></span>'
             f'{escape(title)} <span class="n">{len(cells)}</span>{capped}</h3>'
@@ -454,7 +530,7 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
     data = data or summary(log, session, crops)
     classes = data["classes"]
     colours = class_colours(classes)
-    title = f"Differential count · {session.sample or session.id}"
+    title = f"Differential count · {shown(session.sample or session.id)}"
     target = session.target
     reached = target is not None and len(session.cells) >= target
     cards = [
@@ -469,8 +545,8 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
                          f'<div class="k">{escape(k)}</div></div>' for k, v in cards)
     state = "ended" if session.ended else "no session_end (ends at its last event)"
     session_rows = [
-        ("session", f"<code>{escape(session.id)}</code>"),
-        ("sample", escape(session.sample) or '<span class="muted">(no label)</span>'),
+        ("session", f"<code>{_h(session.id)}</code>"),
+        ("sample", _h(session.sample) or '<span class="muted">(no label)</span>'),
         ("start", escape(_fmt_time(session.start))),
         ("end", f"{escape(_fmt_time(session.finish))} <span class='muted'>({state})</span>"),
         ("frames classified", str(session.frames)),
@@ -493,11 +569,11 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
 
     model = session.model
     model_rows = [
-        ("model", escape(model_label(model.path, model.precision)) if model.path else "unknown"),
-        ("name", escape(model.name) or '<span class="muted">unknown</span>'),
-        ("precision", escape(model.precision) or "unknown"),
-        ("sha256", f"<code>{escape(model.sha256) or 'unknown'}</code>"),
-        ("file", f"<code>{escape(model.path)}</code>" if model.path else "unknown"),
+        ("model", _h(model_label(model.path, model.precision)) if model.path else "unknown"),
+        ("name", _h(model.name) or '<span class="muted">unknown</span>'),
+        ("precision", _h(model.precision) or "unknown"),
+        ("sha256", f"<code>{_h(model.sha256) or 'unknown'}</code>"),
+        ("file", f"<code>{_h(model.path, 400)}</code>" if model.path else "unknown"),
         ("classes", escape(", ".join(model.classes)) or "unknown"),
     ]
     card = find_model_card(session)
@@ -545,14 +621,14 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
         ("crops", crop_note),
     ]
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"""<!DOCTYPE html>
+    return utf8_safe(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><style>{CSS}</style></head>
 <body><main>
 <header><h1>{escape(title)}</h1>
-<p class="sub">Session <code>{escape(session.id)}</code> · {escape(_fmt_time(session.start))}
- · model {escape(model.name or 'unknown')} ({escape(model.precision or '?')})</p>
+<p class="sub">Session <code>{_h(session.id)}</code> · {escape(_fmt_time(session.start))}
+ · model {_h(model.name or 'unknown')} ({_h(model.precision or '?')})</p>
 <p class="warn">Research and education software, not a diagnostic device.</p></header>
 <div class="cards">{cards_html}</div>
 <h2>Differential count</h2>
@@ -577,7 +653,7 @@ caption = track and confidence.</p>
 <footer>Generated {generated} by lgld-report {escape(data["lgld_version"])} from the JSONL log
 alone.</footer>
 </main></body></html>
-"""
+""")
 
 
 def write_atomic(path: str | Path, data: str) -> Path:

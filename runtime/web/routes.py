@@ -18,7 +18,8 @@
 
 A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
 It needs no checks of its own: every request passes the access checks (:mod:`guard`: Host,
-Origin, token) and a Content-Length check in :meth:`Handler.parse_request` before any route;
+Origin, token), a Content-Length check and, for a POST, the JSON content-type check in
+:meth:`Handler.parse_request` before any route;
 a malformed request or a client that vanishes costs one log line, never a traceback. Stream
 viewers are capped (``max_streams``, 503 beyond); snapshots are rate-limited and size-capped
 (:mod:`snapshots`). Every JSON answer is strict JSON (:mod:`lgld.runtime.core.strictjson`).
@@ -40,12 +41,13 @@ from lgld.runtime.config import HttpSection
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import model_label
 from lgld.runtime.core.strictjson import dumps
+from lgld.runtime.core.untrusted import UntrustedError, check_text
 from lgld.runtime.pipeline import Pipeline
 from lgld.runtime.render import Renderer
 from lgld.runtime.review.live import ReviewDesk, ReviewError
 from lgld.runtime.trust import STATE_LABELS
 from lgld.runtime.web import mjpeg
-from lgld.runtime.web.guard import AccessGuard
+from lgld.runtime.web.guard import AccessGuard, Refusal
 from lgld.runtime.web.snapshots import SnapshotRefused, SnapshotStore
 
 STALE_AFTER_S = 5.0
@@ -175,6 +177,17 @@ class App:
         return {"files": [str(f) for f in files], "frame": frame.index, "result": record}
 
 
+def _length_refusal(length: str | None) -> Refusal | None:
+    """Why a Content-Length is refused (not a number: 400, over MAX_BODY: 413), else None."""
+    if length is None:
+        return None
+    if not length.strip().isdigit():
+        return Refusal(400, f"Content-Length {length[:40]!r} is not a number of bytes")
+    if int(length) > MAX_BODY:
+        return Refusal(413, f"Content-Length {length[:40]} is over {MAX_BODY}")
+    return None
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "lgld-run"
     protocol_version = "HTTP/1.1"
@@ -197,33 +210,26 @@ class Handler(BaseHTTPRequestHandler):
             log.info("http: client %s %s mid-request", self.client_address[0], what)
 
     def parse_request(self) -> bool:
-        """The standard parsing, then the access checks and the Content-Length check, for every
-        method and route (a refused request never reaches a route)."""
+        """The standard parsing, then the access checks, the Content-Length check and the
+        content-type check, for every method and route (a refused request never reaches a
+        route)."""
         if not super().parse_request():
             return False
         self._cookie = None
         app = self.server.app
-        local = self.connection.getsockname()[0]
-        refusal = app.guard.refusal(self.command, self.path, self.headers, local)
+        local = self.connection.getsockname()
+        refusal = app.guard.refusal(self.command, self.path, self.headers, local[0], local[1])
+        if refusal is None:
+            refusal = _length_refusal(self.headers.get("Content-Length"))
+        if refusal is None:
+            refusal = app.guard.body_refusal(self.command, self.headers)
         if refusal is not None:
-            log.info("http: %d for %s %s from %s: %s", refusal.status, self.command,
-                     self.path.split("?")[0][:80], self.client_address[0], refusal.message)
+            level = logging.WARNING if refusal.status in (400, 413) else logging.INFO
+            log.log(level, "http: %d for %s %s from %s: %s", refusal.status, self.command,
+                    self.path.split("?")[0][:80], self.client_address[0], refusal.message)
             self.close_connection = True
             self._error(refusal.status, refusal.message)
             return False
-        length = self.headers.get("Content-Length")
-        if length is not None:
-            problem, status = None, 400
-            if not length.strip().isdigit():
-                problem = f"Content-Length {length[:40]!r} is not a number of bytes"
-            elif int(length) > MAX_BODY:
-                problem, status = f"Content-Length {length[:40]} is over {MAX_BODY}", 413
-            if problem:
-                log.warning("http: %d for %s %s from %s: %s", status, self.command,
-                            self.path.split("?")[0][:80], self.client_address[0], problem)
-                self.close_connection = True
-                self._error(status, problem)
-                return False
         self._cookie = app.guard.set_cookie(self.path)
         return True
 
@@ -335,8 +341,10 @@ class Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._error(400, "the body must be JSON: {\"sample\": \"label\"}")
                 return
-            if sample is not None and not isinstance(sample, str):
-                self._error(400, "sample must be a string")
+            try:
+                sample = None if sample is None else check_text(sample, "sample")
+            except UntrustedError as exc:
+                self._error(400, str(exc))
                 return
         cells.start(sample)
         self._json(200, cells.count())

@@ -13,22 +13,32 @@ import argparse
 import sys
 from pathlib import Path
 
+from lgld.lab.build import (
+    DatasetError,
+    Options,
+    Plan,
+    Source,
+    plan,
+    remove_stale_temp,
+    write,
+)
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.dataset.build import DatasetError, Options, Plan, Source, plan, write
+from lgld.runtime.core.untrusted import text_arg
 
 PROG = "lgld-dataset"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
-    p.add_argument("logs", nargs="+", type=Path, metavar="LOG",
+    p.add_argument("logs", nargs="+", type=lambda v: Path(text_arg(v)), metavar="LOG",
                    help="cell-mode JSONL log(s); rotated siblings (.1, .2 ...) are read too")
-    p.add_argument("-o", "--output", "--out", dest="out", required=True, type=Path,
+    p.add_argument("-o", "--output", "--out", dest="out", required=True,
+                   type=lambda v: Path(text_arg(v)),
                    help="data-set folder to create (must not exist)")
-    p.add_argument("--crops", action="append", type=Path, default=[],
+    p.add_argument("--crops", action="append", type=lambda v: Path(text_arg(v)), default=[],
                    help="folder the logged crop paths are relative to (default: the log's "
                         "folder); once for all logs or once per log, in order")
-    p.add_argument("--session", action="append", default=[],
+    p.add_argument("--session", action="append", default=[], type=text_arg,
                    help="use only this session id (repeatable; default: every session)")
     p.add_argument("--min-per-class", type=int, default=5,
                    help="refuse when a class has fewer images (default 5)")
@@ -79,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
                       sessions=list(args.session))
     if args.out.exists():  # refuse before reading anything
         raise DatasetError(f"{args.out} already exists; choose a new output folder")
+    if args.out.parent.is_dir():
+        for stale in remove_stale_temp(args.out):
+            print(f"{PROG}: removed {stale}, left by a build that was stopped", file=sys.stderr)
     checked = plan(_sources(args.logs, args.crops), options)
     write(checked, args.out)
     print(format_counts(checked), flush=True)

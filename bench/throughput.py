@@ -113,7 +113,7 @@ def _child_rusage(run: Callable[[], subprocess.CompletedProcess]) -> tuple[Any, 
 
 def bare_step_in_fresh_process(factory: str, size: int, env: Mapping[str, str], batch: int,
                                steps: int, warmup: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "lgld.training.throughput", "step", "--factory", factory,
+    cmd = [sys.executable, "-m", "lgld.bench.throughput", "step", "--factory", factory,
            "--size", str(size), "--batch", str(batch), "--steps", str(steps),
            "--warmup", str(warmup)]
     done = subprocess.run(cmd, env=dict(env), capture_output=True, text=True)
@@ -236,7 +236,7 @@ def parse_sizes(text: str) -> list[int]:
 def _parser() -> argparse.ArgumentParser:
     from lgld.runtime.core.cliutil import OneLineParser
 
-    p = OneLineParser(prog="python -m lgld.training.throughput",
+    p = OneLineParser(prog="python -m lgld.bench.throughput",
                       description="lgld-train's img/s against a reference bare training step")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="the table (what lgld-bench --train runs)")

@@ -1,6 +1,6 @@
 """``lgld-bench --train``: lgld-train's img/s against the paper-style model's bare training step.
 
-The measurement lives in :mod:`lgld.training.throughput` (fresh processes per setting, the
+The measurement lives in :mod:`lgld.bench.throughput` (fresh processes per setting, the
 allocator lgld-train picks); this module only hands it the paper-style reference model
 (:mod:`.reference`) and turns the flags into its arguments.
 """
@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lgld.export.bench import BenchError
-from lgld.training.throughput import format_training, measure_training, parse_sizes
+from lgld.bench import BenchError
+from lgld.bench.throughput import format_training, measure_training, parse_sizes
 
-REFERENCE_FACTORY = "lgld.export.bench.reference:ReferenceLGLDNet"
+REFERENCE_FACTORY = "lgld.bench.reference:ReferenceLGLDNet"
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 The timed model is resolved exactly as ``lgld-run --model`` resolves it. Rows 1-2 need the
 PyTorch checkpoint with the same weights: ``--checkpoint``, else the ``.pt`` next to the model
-(a dev checkout's ``models/zoo``; the runtime install ships no checkpoints), accepted only when
+(a dev checkout's ``zoo/``; the runtime install ships no checkpoints), accepted only when
 its sha256 matches the model's metadata.
 """
 
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lgld.export.bench import BenchError
-from lgld.export.bench.machine import torch_or_none
-from lgld.export.bench.macs import onnx_macs
+from lgld.bench import BenchError
+from lgld.bench.machine import torch_or_none
+from lgld.bench.macs import onnx_macs
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import ModelInfo
 from lgld.runtime.core.session import OnnxClassifier
@@ -55,15 +55,14 @@ def find_int8(onnx_path: Path, explicit: str | None) -> Path | None:
 
 def is_shipped(spec: str, path: Path) -> bool:
     """True for a zoo model (by name, or a path into the installed zoo)."""
-    folder = zoo_dir()
-    return spec.strip().lower() in ZOO or (folder is not None and path.parent == folder)
+    return spec.strip().lower() in ZOO or path.parent == zoo_dir()
 
 
 def checkpoint_candidates(path: Path, shipped: bool) -> list[Path]:
     """Where the .pt of a model may lie: next to it; for a shipped model also in the dev
-    checkout the command runs in (``./models/zoo``), since installs carry no checkpoints."""
+    checkout the command runs in (``./zoo``), since installs carry no checkpoints."""
     candidates = [path.with_suffix(".pt")]
-    checkout = Path.cwd() / "models" / "zoo" / path.with_suffix(".pt").name
+    checkout = Path.cwd() / "zoo" / path.with_suffix(".pt").name
     if shipped and checkout.resolve() != candidates[0].resolve():
         candidates.append(checkout)
     return candidates
@@ -147,7 +146,7 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
         return _without_torch_rows(m, clf, "torch is not installed (the runtime needs none)",
                                    "n/a (no torch)")
 
-    from lgld.export.bench.reference import reference_like
+    from lgld.bench.reference import reference_like
     from lgld.models.checkpoint import CheckpointError, load_checkpoint
     from lgld.models.lgld_net import LGLDNet, ModelConfig
     from lgld.models.macs import count_macs
@@ -158,7 +157,7 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
         if missing:
             pt = path.with_suffix(".pt").name
             return _without_torch_rows(
-                m, clf, f"no checkpoint {pt} next to {path.parent} or in ./models/zoo (the "
+                m, clf, f"no checkpoint {pt} next to {path.parent} or in ./zoo (the "
                 "runtime install ships no .pt; run from a dev checkout or pass --checkpoint)",
                 "n/a (no checkpoint)", needs=f"its checkpoint {pt} to re-export")
     else:

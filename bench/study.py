@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from lgld.export.bench.inputs import sample_images
-from lgld.export.bench.models import Models
-from lgld.export.bench.timing import percentile, time_interleaved
+from lgld.bench.inputs import sample_images
+from lgld.bench.models import Models
+from lgld.bench.timing import percentile, time_interleaved
 from lgld.runtime.core.preprocess import preprocess
 from lgld.runtime.core.session import session_options
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lgld.export.bench.inputs import sample_images
-from lgld.export.bench.macs import onnx_macs
-from lgld.export.bench.timing import in_fresh_process, percentile, time_interleaved
+from lgld.bench.inputs import sample_images
+from lgld.bench.macs import onnx_macs
+from lgld.bench.timing import in_fresh_process, percentile, time_interleaved
 from lgld.runtime.core.preprocess import preprocess
 from lgld.runtime.core.session import OnnxClassifier
 

@@ -1,4 +1,4 @@
-"""Measure cell mode on labelled data, torch-free: ``python -m lgld.runtime.cells.evaluate``.
+"""Measure cell mode on labelled data, torch-free: ``python -m lgld.bench.cellmode``.
 
 * ``wbc5``: single-cell crops (PBC layout ``<class>/*.jpg``, optionally one part of an lgld
   split file). Per crop: is the central cell found, how many other cells are reported, and is
@@ -352,7 +352,7 @@ def evaluate_speed(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m lgld.runtime.cells.evaluate",
+    p = OneLineParser(prog="python -m lgld.bench.cellmode",
                       description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     w = sub.add_parser("wbc5", help="single-cell crops: central cell found, extras, class accuracy")

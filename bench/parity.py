@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from lgld.export.bench.inputs import sample_images
-from lgld.export.bench.machine import torch_or_none
-from lgld.export.bench.models import Models
+from lgld.bench.inputs import sample_images
+from lgld.bench.machine import torch_or_none
+from lgld.bench.models import Models
 from lgld.runtime.core.preprocess import preprocess
 from lgld.runtime.core.session import OnnxClassifier
 

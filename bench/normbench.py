@@ -1,6 +1,6 @@
 """What the illumination correction costs per 640x480 frame, next to the rest of the work.
 
-    python -m lgld.export.bench.normbench [--model all] [--repeats 300]
+    python -m lgld.bench.normbench [--model all] [--repeats 300]
 
 CPU time per call (process time, so that other work on a shared machine does not count),
 interleaved in one run (median ms, 1 thread): the background estimate of a whole frame,
@@ -20,8 +20,8 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from lgld.export.bench.inputs import sample_images
-from lgld.export.bench.timing import median_ci
+from lgld.bench.inputs import sample_images
+from lgld.bench.timing import median_ci
 from lgld.runtime.core.preprocess import (
     frame_background,
     illumination_lut,
@@ -66,7 +66,7 @@ def cpu_time_interleaved(fns: dict, warmup: int, repeats: int) -> dict[str, list
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lgld.export.bench.normbench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m lgld.bench.normbench", description=__doc__)
     p.add_argument("--model", default="all")
     p.add_argument("--repeats", type=int, default=300)
     a = p.parse_args(argv)

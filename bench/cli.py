@@ -9,10 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lgld.export import ExportError
-from lgld.export.bench import BenchError
-from lgld.export.bench.machine import loadavg, machine_info
-from lgld.export.bench.menu import (
+from lgld.bench import BenchError
+from lgld.bench.machine import loadavg, machine_info
+from lgld.bench.menu import (
     MenuError,
     MenuItem,
     format_menu,
@@ -20,13 +19,14 @@ from lgld.export.bench.menu import (
     run_menu,
     run_menu_isolated,
 )
-from lgld.export.bench.models import Models, export_at_size, prepare_models
-from lgld.export.bench.ort_profile import format_profile, profile_onnx
-from lgld.export.bench.report import format_table
-from lgld.export.bench.rss import format_rss, rss_check
-from lgld.export.bench.study import format_study, run_study
-from lgld.export.bench.table import run_table, run_table_isolated
-from lgld.export.bench.train import add_train_arguments, run_train
+from lgld.bench.models import Models, export_at_size, prepare_models
+from lgld.bench.ort_profile import format_profile, profile_onnx
+from lgld.bench.report import format_table
+from lgld.bench.rss import format_rss, rss_check
+from lgld.bench.study import format_study, run_study
+from lgld.bench.table import run_table, run_table_isolated
+from lgld.bench.train import add_train_arguments, run_train
+from lgld.export import ExportError
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
 from lgld.runtime.core.session import OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             report["rss"] = rss_check(m.onnx_path, args.rss_frames, threads[0])
             print(format_rss(report["rss"]))
         if args.cells:
-            from lgld.export.bench.cells_row import format_cells, run_cells
+            from lgld.bench.cells_row import format_cells, run_cells
 
             clf = OnnxClassifier(m.onnx_path, threads=threads[0])
             report["cells"] = run_cells(clf, args.cells, args.warmup, args.repeats)

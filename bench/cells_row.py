@@ -1,7 +1,7 @@
 """Cell-mode row (``lgld-bench --model wbc5 --cells SECONDS``): detection time per 640x480
 frame, and the runtime's real Pipeline in cell mode on frames with 3 white cells each.
 
-The frames are the demo smear with exactly 3 whole cells (``lgld.runtime.cells.evaluate``'s
+The frames are the demo smear with exactly 3 whole cells (``lgld.bench.cellmode``'s
 speed frames), delivered by a source paced like a 30 fps camera; every frame goes through the
 pipeline's capture thread (detection, crops, preprocessing) and inference thread (one batched
 model call, tracking, counting). The model's own batch-of-3 call is timed in the same run.
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from lgld.export.bench import BenchError
+from lgld.bench import BenchError
+from lgld.bench.cellmode import three_cell_frames
 from lgld.runtime.cells.detect import CellDetector
-from lgld.runtime.cells.evaluate import three_cell_frames
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.core.session import OnnxClassifier

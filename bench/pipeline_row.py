@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lgld.export.bench import BenchError
+from lgld.bench import BenchError
 from lgld.runtime.config import TrustSection
 from lgld.runtime.core.session import OnnxClassifier
 from lgld.runtime.pipeline import Pipeline, PipelineSettings

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lgld.export.bench import BenchError
+from lgld.bench import BenchError
 
 RSS_LIMIT_MB = 250.0
 RSS_FLAT_MB = 5.0  # steady-state growth allowed over the whole run

@@ -10,15 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lgld.export.bench import BenchError
-from lgld.export.bench.inputs import sample_images
-from lgld.export.bench.machine import loadavg, torch_or_none
-from lgld.export.bench.models import Models, prepare_models
-from lgld.export.bench.parity import check_outputs
-from lgld.export.bench.peak import PeakError, measure_peak
-from lgld.export.bench.pipeline_row import FRAME_SIZE, pipeline_stages, run_pipeline
-from lgld.export.bench.report import targets
-from lgld.export.bench.timing import in_fresh_process, median_ci, percentile, time_interleaved
+from lgld.bench import BenchError
+from lgld.bench.inputs import sample_images
+from lgld.bench.machine import loadavg, torch_or_none
+from lgld.bench.models import Models, prepare_models
+from lgld.bench.parity import check_outputs
+from lgld.bench.peak import PeakError, measure_peak
+from lgld.bench.pipeline_row import FRAME_SIZE, pipeline_stages, run_pipeline
+from lgld.bench.report import targets
+from lgld.bench.timing import in_fresh_process, median_ci, percentile, time_interleaved
 from lgld.runtime.core.cpu import cpu_features
 from lgld.runtime.core.preprocess import preprocess
 from lgld.runtime.core.session import OnnxClassifier

@@ -6,8 +6,8 @@ import argparse
 import statistics
 from typing import Any
 
-from lgld.export.bench.models import Models
-from lgld.export.bench.parity import ATOL
+from lgld.bench.models import Models
+from lgld.bench.parity import ATOL
 
 SPEEDUP_TARGET = 3.0  # row 1 / row 3
 PIPELINE_TARGET = 0.90  # pipeline FPS / model-only FPS

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from lab_logs import reviewed_session
 
-from lgld.runtime.dataset.cropstore import CropBudget, prune, reviewed_crops
+from lgld.runtime.cells.cropstore import CropBudget, prune
+from lgld.runtime.review.crops import reviewed_crops
 
 KB = 1024
 

@@ -5,7 +5,14 @@ counted cell's saved crop, labels it by its review (confirm keeps the model's cl
 gives the reviewer's, reject leaves it out) and, only when asked, by the model's own confident
 class (marked ``"label_source": "model"`` in the manifest). Everything is checked before
 anything is written (:func:`plan`); :func:`write` builds the tree in a temporary folder beside
-the target and renames it into place, so a failed or refused build leaves nothing behind.
+the target and renames it into place, so a failed or refused build leaves nothing behind (and
+the next build removes a temporary folder that a killed one left).
+
+A log may come from another machine, or be crafted: crops are read only inside their crop
+folder and only up to the ``images:`` source's pixel limit; class names must be the model's
+and fit as folder names; every file written is checked to land inside the output folder. Crops
+are read one at a time (planning keeps their hashes, not their bytes), so memory stays flat
+however many there are.
 """
 
 from __future__ import annotations
@@ -25,8 +32,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from lgld.lab.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from lgld.runtime.core.files import IMAGE_SUFFIXES
-from lgld.runtime.core.labmanifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from lgld.runtime.core.untrusted import (
+    UntrustedError,
+    check_inside,
+    check_name,
+    check_pixels,
+    read_bounded,
+    utf8_safe,
+)
+from lgld.runtime.review.report import MAX_CROP_BYTES, MAX_PIXELS, crop_file
 from lgld.runtime.review.sessionlog import (
     UNCLASSIFIED,
     Cell,
@@ -64,8 +80,7 @@ class Entry:
     label: str
     label_source: str  # review:confirm | review:reclassify | model
     source: Path
-    data: bytes
-    sha256: str
+    sha256: str  # of the bytes checked when planning; writing copies only those bytes
     cell: Cell
     session: Session
     log_index: int
@@ -133,6 +148,13 @@ def _select_sessions(sources: list[Source], options: Options) -> list[tuple[int,
                            f"{', '.join(sorted(seen_ids))}")
     if not chosen:
         raise DatasetError("none of the chosen sessions has counted cells")
+    for i, session in chosen:
+        for name in session.model.classes:
+            try:
+                check_name(name, "model class")
+            except UntrustedError as exc:
+                raise DatasetError(f"{sources[i].log}, session {session.id!r}: {exc} "
+                                   "(nothing written)") from None
     models = {_model_key(s): s for _, s in chosen}
     if len(models) > 1:
         listed = "; ".join(f"{_describe_model(s)} in {s.id}" for s in models.values())
@@ -142,14 +164,15 @@ def _select_sessions(sources: list[Source], options: Options) -> list[tuple[int,
 
 
 def _label(cell: Cell, session: Session, options: Options) -> tuple[str, str] | str:
-    """(class, label source) for a cell, or the reason it is left out."""
+    """(class, label source) for a cell, or the reason it is left out. A class is only ever
+    one of the model's classes (a class name from the log never becomes a path by itself)."""
     if cell.review is not None:
         name = cell.reviewed_class
         if name is None:
             return "rejected"
         if name == UNCLASSIFIED:
             return "unclassified"
-        if session.model.classes and name not in session.model.classes:
+        if name not in session.model.classes:
             return "class unknown to the model"
         return name, f"review:{cell.review}"
     if not options.include_unreviewed:
@@ -158,25 +181,24 @@ def _label(cell: Cell, session: Session, options: Options) -> tuple[str, str] | 
         return "unreviewed, unclassified"
     if cell.confidence < options.min_confidence:
         return "unreviewed, below --min-confidence"
+    if cell.model_class not in session.model.classes:
+        return "class unknown to the model"
     return cell.model_class, "model"
 
 
-def _crop_path(src: Source, crop: str) -> Path:
-    """The crop's file: the logged path under the crop folder, else the longest tail of it that
-    exists there (a crop folder copied off the Pi without the folders above it)."""
-    logged = Path(crop)
-    if logged.is_absolute() and logged.is_file():
-        return logged
-    parts = [p for p in logged.parts if p not in ("/", "..", ".")]
-    for k in range(len(parts)):
-        candidate = src.crops / Path(*parts[k:])
-        if candidate.is_file():
-            return candidate
-    return src.crops / crop
-
-
-def _readable_image(data: bytes) -> bool:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+def read_crop(path: Path) -> bytes:
+    """A crop file's bytes, checked: at most MAX_CROP_BYTES, an image header within the
+    ``images:`` source's pixel limit (read before decoding), and an image OpenCV decodes;
+    UntrustedError otherwise."""
+    data = read_bounded(path, MAX_CROP_BYTES)
+    check_pixels(data, MAX_PIXELS, str(path))
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise UntrustedError(f"{path}: not a readable image")
+    return data
 
 
 def plan(sources: list[Source], options: Options | None = None) -> Plan:
@@ -205,16 +227,19 @@ def plan(sources: list[Source], options: Options | None = None) -> Plan:
                 left_out["no crop saved"] += 1
                 continue
             referenced[i] += 1
-            path = _crop_path(src, cell.crop)
-            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            path = crop_file(src.crops, cell.crop)
+            if path is None and label[1] == "model":
+                # the crop budget deletes unreviewed cells first: expected, not a mismatch
+                left_out["unreviewed, crop pruned or missing"] += 1
+                continue
+            try:
+                if path is None or path.suffix.lower() not in IMAGE_SUFFIXES:
+                    raise UntrustedError(cell.crop)
+                sha = hashlib.sha256(read_crop(path)).hexdigest()
+            except (OSError, UntrustedError):
                 by_log.setdefault(i, []).append(cell.crop)
                 continue
-            data = path.read_bytes()
-            if not _readable_image(data):
-                by_log.setdefault(i, []).append(cell.crop)
-                continue
-            entries.append(Entry(label[0], label[1], path, data, hashlib.sha256(data).hexdigest(),
-                                 cell, session, i))
+            entries.append(Entry(label[0], label[1], path, sha, cell, session, i))
     for i, bad in by_log.items():
         src = sources[i]
         raise DatasetError(f"crop folder {src.crops} does not match {src.log}: {len(bad)} of "
@@ -298,8 +323,45 @@ def manifest(p: Plan, files: list[str]) -> dict[str, Any]:
     }
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process; odd pid
+        return True
+    return True
+
+
+def remove_stale_temp(out: Path) -> list[Path]:
+    """Remove the ``.OUT.tmp-PID`` folders that builds of ``out`` killed midway left behind
+    (their process is gone); a running build's folder is kept. Returns what was removed."""
+    removed = []
+    for tmp in out.parent.glob(f".{glob_escape(out.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if tmp.is_dir() and not tmp.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob pattern characters matched literally."""
+    return re.sub(r"([*?[])", r"[\1]", name)
+
+
+def _copy_checked(e: Entry, target: Path) -> None:
+    """Copy a planned crop, refusing it when its bytes changed since they were checked."""
+    data = read_crop(e.source)
+    if hashlib.sha256(data).hexdigest() != e.sha256:
+        raise DatasetError(f"crop {e.source} changed while the data set was built (nothing "
+                           "written)")
+    target.write_bytes(data)
+
+
 def write(p: Plan, out: Path) -> dict[str, Any]:
-    """Write the data set to ``out`` (which must not exist) atomically; return its manifest."""
+    """Write the data set to ``out`` (which must not exist) atomically; return its manifest.
+    Each crop is read, checked against its planned sha256 and written, one at a time."""
     out = Path(out)
     if out.exists():
         raise DatasetError(f"{out} already exists; choose a new output folder")
@@ -308,15 +370,21 @@ def write(p: Plan, out: Path) -> dict[str, Any]:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        tmp.mkdir()
         files = []
         for e in p.entries:
-            rel = f"{e.label}/{_file_name(e)}"
-            (tmp / e.label).mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(e.data)
+            rel = f"{check_name(e.label, 'class')}/{_file_name(e)}"
+            target = check_inside(tmp, rel, "data-set file")
+            target.parent.mkdir(exist_ok=True)
+            _copy_checked(e, target)
             files.append(rel)
         data = manifest(p, files)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        text = utf8_safe(json.dumps(data, indent=1, ensure_ascii=False))  # log texts: valid UTF-8
+        (tmp / MANIFEST_NAME).write_text(text + "\n", encoding="utf-8")
         os.rename(tmp, out)
+    except UntrustedError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DatasetError(f"{exc} (nothing written)") from None
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)

@@ -1,0 +1,7 @@
+"""``python -m lgld.bench``: the same as ``lgld-bench``."""
+
+import sys
+
+from lgld.bench.cli import main
+
+sys.exit(main())

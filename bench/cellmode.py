@@ -173,7 +173,7 @@ def load_items(data: Path, split_file: str | None, part: str) -> list[tuple[Path
 
 
 def evaluate_wbc5(args: argparse.Namespace) -> dict:
-    from lgld.runtime.core.session import OnnxClassifier
+    from lgld.runtime.core.classifier import OnnxClassifier
     from lgld.runtime.core.zoo import resolve_model
 
     data = Path(args.data)
@@ -311,7 +311,7 @@ def three_cell_frames(n: int = 30) -> list[np.ndarray]:
 
 def evaluate_speed(args: argparse.Namespace) -> dict:
     from lgld.runtime.cells.stage import CellStage
-    from lgld.runtime.core.session import OnnxClassifier
+    from lgld.runtime.core.classifier import OnnxClassifier
     from lgld.runtime.core.zoo import resolve_model
 
     frames = three_cell_frames()

@@ -20,7 +20,7 @@ from lgld.bench.cellmode import three_cell_frames
 from lgld.runtime.cells.detect import CellDetector
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
-from lgld.runtime.core.session import OnnxClassifier
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.sources.base import Frame, Source
 

@@ -21,14 +21,15 @@ from lgld.bench.menu import (
 )
 from lgld.bench.models import Models, export_at_size, prepare_models
 from lgld.bench.ort_profile import format_profile, profile_onnx
-from lgld.bench.report import format_table
 from lgld.bench.rss import format_rss, rss_check
 from lgld.bench.study import format_study, run_study
 from lgld.bench.table import run_table, run_table_isolated
+from lgld.bench.targets import format_table
 from lgld.bench.train import add_train_arguments, run_train
 from lgld.export import ExportError
+from lgld.runtime.core.classifier import OnnxClassifier, default_threads
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.core.session import OnnxClassifier, default_threads
+from lgld.runtime.core.files import write_atomic
 from lgld.runtime.core.zoo import resolve_model
 
 PROG = "lgld-bench"
@@ -204,7 +205,7 @@ def write_report(report: dict[str, Any], args: argparse.Namespace) -> int:
     report["machine"]["loadavg_end"] = loadavg()
     if args.json:
         try:
-            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+            write_atomic(args.json, json.dumps(report, indent=1) + "\n")
         except OSError as exc:
             raise BenchError(f"cannot write {args.json}: {exc.strerror or exc}") from None
         print(f"wrote {args.json}")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.modelinfo import PREFIX
-from lgld.runtime.core.session import OnnxClassifier
 
 
 def onnx_macs(clf: OnnxClassifier) -> tuple[int | None, str]:

@@ -21,8 +21,8 @@ from typing import Any
 from lgld.bench.inputs import sample_images
 from lgld.bench.macs import onnx_macs
 from lgld.bench.timing import in_fresh_process, percentile, time_interleaved
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.preprocess import preprocess
-from lgld.runtime.core.session import OnnxClassifier
 
 
 class MenuError(ValueError):

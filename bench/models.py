@@ -17,9 +17,9 @@ from typing import Any
 from lgld.bench import BenchError
 from lgld.bench.machine import torch_or_none
 from lgld.bench.macs import onnx_macs
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import ModelInfo
-from lgld.runtime.core.session import OnnxClassifier
 from lgld.runtime.core.zoo import ZOO, resolve_model, zoo_dir
 
 
@@ -188,7 +188,14 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
     m.torch_model = model.eval()
     m.reference = reference_like(m.torch_model)
     m.macs, m.macs_source = count_macs(m.torch_model).total, "lgld.models.macs.count_macs"
+    _choose_parity_onnx(m, info, weights_match_onnx, tmp)
+    return m
 
+
+def _choose_parity_onnx(m: Models, info: ModelInfo, weights_match_onnx: bool, tmp: Path) -> None:
+    """The ONNX file row 3 times and the one the outputs are checked on (temporary exports of
+    the torch weights where the given model is another size or other weights)."""
+    size, notes = m.input_size, m.notes
     try:
         if size != info.input_size:
             m.onnx_path = export_onnx(m.torch_model, info, size, tmp / f"model-{size}.onnx")
@@ -206,4 +213,3 @@ def prepare_models(args: argparse.Namespace, tmp: Path) -> Models:
             raise BenchError(f"--input-size {size} needs lgld.export (onnx, onnxsim): "
                              f"{exc}") from None
         notes.append(f"output check skipped: lgld.export unavailable ({exc})")
-    return m

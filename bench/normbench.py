@@ -22,12 +22,12 @@ import numpy as np
 
 from lgld.bench.inputs import sample_images
 from lgld.bench.timing import median_ci
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.preprocess import (
     frame_background,
     illumination_lut,
     preprocess,
 )
-from lgld.runtime.core.session import OnnxClassifier
 from lgld.runtime.core.zoo import resolve_model
 
 FRAME_SIZE = (640, 480)

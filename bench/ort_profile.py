@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from lgld.runtime.core.session import session_options
+from lgld.runtime.core.classifier import session_options
 
 
 def aggregate_profile(events: list[dict], skip_runs: int = 0) -> dict[str, Any]:

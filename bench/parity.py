@@ -10,8 +10,8 @@ import numpy as np
 from lgld.bench.inputs import sample_images
 from lgld.bench.machine import torch_or_none
 from lgld.bench.models import Models
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.preprocess import preprocess
-from lgld.runtime.core.session import OnnxClassifier
 
 ATOL = 1e-4  # max |logit difference| for "outputs unchanged"
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lgld.bench import BenchError
 from lgld.runtime.config import TrustSection
-from lgld.runtime.core.session import OnnxClassifier
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.sources.demo import DemoSource

@@ -20,8 +20,8 @@ import onnxruntime as ort
 from lgld.bench.inputs import sample_images
 from lgld.bench.models import Models
 from lgld.bench.timing import percentile, time_interleaved
+from lgld.runtime.core.classifier import session_options
 from lgld.runtime.core.preprocess import preprocess
-from lgld.runtime.core.session import session_options
 
 
 def study_forms(model: Any, reference: Any) -> list[tuple[str, Any, bool]]:

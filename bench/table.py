@@ -17,11 +17,11 @@ from lgld.bench.models import Models, prepare_models
 from lgld.bench.parity import check_outputs
 from lgld.bench.peak import PeakError, measure_peak
 from lgld.bench.pipeline_row import FRAME_SIZE, pipeline_stages, run_pipeline
-from lgld.bench.report import targets
+from lgld.bench.targets import targets
 from lgld.bench.timing import in_fresh_process, median_ci, percentile, time_interleaved
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.cpu import cpu_features
 from lgld.runtime.core.preprocess import preprocess
-from lgld.runtime.core.session import OnnxClassifier
 
 MAX_CAMERA_FPS = 120.0
 

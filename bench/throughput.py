@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lgld.runtime.core.files import write_atomic
 from lgld.training.allocator import (
     MARK_ENV,
     OMP_WAIT_ENV,
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_training(results))
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+        write_atomic(a.json, json.dumps(results, indent=1) + "\n")
     return 0
 
 

@@ -7,14 +7,18 @@ the service unit's environment (``MALLOC_ARENA_MAX`` from deploy/lgld.service), 
    (TCP reset) after its first frame; the child's RSS must stay flat after a warm-up; then
    more viewers at once than ``max_streams``: the extra ones get 503;
 2. snapshot flood: POST /api/snapshot as fast as possible; the rate limit and the folder cap hold;
-3. bad requests: a foreign Host, a foreign Origin, Content-Length "abc" and "-5", a client reset
-   mid-body: refused at once, and no traceback anywhere in the child's stderr;
+3. bad requests: a foreign Host, a foreign Origin, the same host on another port as Origin, a
+   text/plain POST, Content-Length "abc" and "-5", a client reset mid-body: refused at once,
+   and no traceback anywhere in the child's stderr;
 4. kill -9 while the log is being written: every line parses, a restart appends whole lines;
 5. a full disk (root only: a 64 KiB tmpfs): lgld-run stops with exit 5, and after the disk is
    made larger a restart appends; every line parses;
 6. a huge image: a valid 9000x9000 PNG (about a MB; 243 MB decoded) beside a good one in
    an ``images:`` batch is skipped unread, the good one is classified, and the peak RSS of
-   lgld-run stays far below the decoded size.
+   lgld-run stays far below the decoded size;
+7. hostile logs (``soak_logs.py``): lgld-report and lgld-dataset on logs whose texts, class
+   names and crop paths try to leave their folder or exhaust memory, and a non-UTF-8
+   ``--sample``: each refused or contained, nothing read or written outside.
 
 Everything is bounded in count and time (well under 2 minutes) and stops by itself; only
 127.0.0.1 is used. Usage: ``python deploy/soak.py`` (``--quick`` for fewer connections).
@@ -38,6 +42,8 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from soak_logs import hostile_logs
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "deploy" / "lgld.service"
@@ -193,6 +199,11 @@ class Soak:
             ("foreign Host", b"GET /api/latest HTTP/1.1\r\nHost: evil.example\r\n\r\n", b"403"),
             ("foreign Origin", b"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
              b"Origin: http://evil.example\r\nContent-Length: 0\r\n\r\n", b"403"),
+            ("Origin on another port", f"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1:{port}"
+             "\r\nOrigin: http://127.0.0.1:3000\r\nContent-Type: application/json\r\n"
+             "Content-Length: 0\r\n\r\n".encode(), b"403"),
+            ("text/plain POST", b"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             b"Content-Type: text/plain\r\nContent-Length: 0\r\n\r\n", b"415"),
             ("Content-Length abc", b"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
              b"Content-Length: abc\r\n\r\n", b"400"),
             ("Content-Length -5", b"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -293,6 +304,7 @@ class Soak:
 
     def run(self) -> int:
         self.huge_image()
+        hostile_logs(self.report, self.dir, self.env, self.left, write_blank_png)
         self.live()
         if self.left() > 15:
             self.full_disk()
@@ -364,7 +376,8 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
 
 def http_status(port: int, method: str, path: str) -> int:
     try:
-        reply = exchange(port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        kind = "Content-Type: application/json\r\n" if method == "POST" else ""
+        reply = exchange(port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{kind}"
                          "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
         return int(reply[9:12])
     except (OSError, ValueError):
@@ -427,7 +440,7 @@ def reset_mid_body(port: int) -> None:
     with contextlib.suppress(OSError):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         sock.sendall(b"POST /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Length: 1000\r\n\r\nabc")
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\nabc")
         time.sleep(0.1)
         reset(sock)
 

@@ -39,6 +39,7 @@ from lgld.models.checkpoint import file_sha256, load_checkpoint
 from lgld.models.lgld_net import LGLDNet, count_parameters
 from lgld.models.macs import MacReport, count_macs
 from lgld.runtime.core.cliutil import first_line
+from lgld.runtime.core.files import atomic_path
 from lgld.runtime.core.modelinfo import PREFIX, ModelInfo, lgld_version
 from lgld.runtime.core.preprocess import PreprocessSpec
 
@@ -182,55 +183,42 @@ def _apply_metadata(
     model.graph.name = f"lgld_{info.variant}"
 
 
-def _temp_beside(target: Path) -> Path:
-    """An empty temporary file in the target's folder (so the final rename is atomic)."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise ExportError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
-    os.close(fd)
-    return Path(tmp)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Give the temporary file normal permissions and move it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-
-
 def check_writable(target: str | os.PathLike) -> None:
     """Raise ExportError unless a file can be created at ``target`` (nothing is left behind)."""
     target = Path(target)
     if target.is_dir():
         raise ExportError(f"output path is a directory: {target}")
-    _temp_beside(target).unlink()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=f".{target.name}.", suffix=".tmp",
+                                         dir=target.parent):
+            pass
+    except OSError as exc:
+        raise ExportError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
 
 
 def save_atomically(model: onnx.ModelProto, target: Path, check=None) -> Any:
-    """Save ``model`` to a temporary file beside ``target``, run ``check(tmp_path)``, rename.
+    """Save ``model`` to a temporary file beside ``target``, run ``check(tmp_path)``, then move
+    it into place (:func:`~lgld.runtime.core.files.atomic_path`).
 
     ``check`` may raise (nothing is written) and its return value is passed through.
     """
     target = Path(target)
     if target.is_dir():
         raise ExportError(f"output path is a directory: {target}")
-    tmp = _temp_beside(target)
+    checking = False
     try:
-        try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
             onnx.save(model, str(tmp))
-        except OSError as exc:
-            raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
-        result = check(tmp) if check is not None else None
-        try:
-            _publish(tmp, target)
-        except OSError as exc:
-            raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
-        return result
-    finally:
-        tmp.unlink(missing_ok=True)
+            checking = True
+            result = check(tmp) if check is not None else None
+            checking = False
+    except OSError as exc:
+        if checking:  # the check's own error, not the file's
+            raise
+        raise ExportError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return result
 
 
 def build_graph(

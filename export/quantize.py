@@ -31,10 +31,10 @@ import numpy as np
 import onnx
 
 from lgld.export import ExportError
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier
 from lgld.runtime.core.files import IMAGE_SUFFIXES
 from lgld.runtime.core.modelinfo import PREFIX
 from lgld.runtime.core.preprocess import PreprocessSpec, preprocess, preprocess_batch, read_image
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier
 
 QUANTIZATION = "int8-qdq"
 # Name prefixes of the nodes each scope quantizes (empty: every node ONNX Runtime can quantize).
@@ -225,6 +225,66 @@ def _load(path: Path, what: str, threads: int | None) -> OnnxClassifier:
         raise ExportError(f"cannot load the {what} model: {exc}") from None
 
 
+def _calibration_sets(
+    fp32: OnnxClassifier, calib_dir: str | os.PathLike | None,
+    split_file: str | os.PathLike | None, calib_limit: int | None,
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]], str]:
+    """(calibration images, gate images, what the gate images are)."""
+    if split_file is not None:
+        train, gate_items = split_items(split_file, fp32.classes, root=calib_dir,
+                                        expect_counts=fp32.info.training.get("split_counts"))
+        calib = _spread(train, calib_limit or DEFAULT_CALIB_IMAGES)
+        return calib, gate_items, f"val images (split {Path(split_file).name})"
+    if calib_dir is not None:
+        calib = _spread(labelled_images(calib_dir, fp32.classes), calib_limit)
+        return calib, calib, "calibration images"
+    raise ExportError("INT8 needs calibration images: a folder or a split file")
+
+
+def _quantized_graph(
+    fp32_path: Path, fp32: OnnxClassifier, calib: Sequence[tuple[Path, int]], scope: str,
+    per_channel: bool, reduce_range: bool, activations: str,
+) -> tuple[onnx.ModelProto, list[str] | None]:
+    """The INT8 QDQ graph (MinMax calibration) and the Conv nodes quantized (None: all)."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="lgld-int8-") as tmpdir:
+        pre, raw = Path(tmpdir) / "pre.onnx", Path(tmpdir) / "int8.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception:  # pre-processing is an optimisation; quantize the export as is
+            pre = fp32_path
+        prefixes = SCOPES[scope]
+        nodes = None
+        if prefixes:
+            nodes = [n.name for n in onnx.load(str(pre)).graph.node
+                     if n.op_type == "Conv" and n.name.startswith(prefixes)]
+            if not nodes:
+                raise ExportError(f"scope {scope!r}: no Conv node named {' or '.join(prefixes)}* "
+                                  f"in {fp32_path} (use --int8-scope all)")
+        try:
+            quantize_static(
+                str(pre), str(raw),
+                _reader([p for p, _ in calib], fp32.info.preprocess, fp32.input_name),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        except (ExportError, ValueError) as exc:  # ImageError is a ValueError
+            raise ExportError(f"INT8 calibration failed: {exc}") from None
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ExportError(f"INT8 quantization failed: {first}") from None
+        return onnx.load(str(raw)), nodes
+
+
 def quantize_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -249,14 +309,6 @@ def quantize_int8(
     quantized nodes (:data:`SCOPES`). Raises ExportError (nothing written) on bad input or a
     drop of accuracy or macro F1 above the limit.
     """
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
     from lgld.export.onnx_export import save_atomically
     from lgld.runtime.core.cpu import cpu_features
 
@@ -269,45 +321,9 @@ def quantize_int8(
     fp32 = _load(Path(fp32_path), "fp32", threads)
     if fp32.info.quantization != "fp32":
         raise ExportError(f"{fp32_path} is already quantized ({fp32.info.quantization})")
-    if split_file is not None:
-        train, gate_items = split_items(split_file, fp32.classes, root=calib_dir,
-                                        expect_counts=fp32.info.training.get("split_counts"))
-        calib = _spread(train, calib_limit or DEFAULT_CALIB_IMAGES)
-        gate = f"val images (split {Path(split_file).name})"
-    elif calib_dir is not None:
-        calib = gate_items = _spread(labelled_images(calib_dir, fp32.classes), calib_limit)
-        gate = "calibration images"
-    else:
-        raise ExportError("INT8 needs calibration images: a folder or a split file")
-    with tempfile.TemporaryDirectory(prefix="lgld-int8-") as tmpdir:
-        pre, raw = Path(tmpdir) / "pre.onnx", Path(tmpdir) / "int8.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        except Exception:  # pre-processing is an optimisation; quantize the export as is
-            pre = Path(fp32_path)
-        prefixes = SCOPES[scope]
-        nodes = None
-        if prefixes:
-            nodes = [n.name for n in onnx.load(str(pre)).graph.node
-                     if n.op_type == "Conv" and n.name.startswith(prefixes)]
-            if not nodes:
-                raise ExportError(f"scope {scope!r}: no Conv node named {' or '.join(prefixes)}* "
-                                  f"in {fp32_path} (use --int8-scope all)")
-        try:
-            quantize_static(
-                str(pre), str(raw),
-                _reader([p for p, _ in calib], fp32.info.preprocess, fp32.input_name),
-                quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8 if activations == "u8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
-        except (ExportError, ValueError) as exc:  # ImageError is a ValueError
-            raise ExportError(f"INT8 calibration failed: {exc}") from None
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ExportError(f"INT8 quantization failed: {first}") from None
-        model = onnx.load(str(raw))
+    calib, gate_items, gate = _calibration_sets(fp32, calib_dir, split_file, calib_limit)
+    model, nodes = _quantized_graph(Path(fp32_path), fp32, calib, scope, per_channel,
+                                    reduce_range, activations)
     props = dict(fp32.session.get_modelmeta().custom_metadata_map)  # keeps lgld.export etc.
     props.update(replace(fp32.info, quantization=QUANTIZATION).to_metadata())
     onnx.helper.set_model_props(model, props)

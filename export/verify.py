@@ -1,7 +1,8 @@
 """Export-time checks: the graph holds no forbidden ops, and ONNX Runtime matches PyTorch.
 
-The ONNX side runs through the runtime's own :class:`~lgld.runtime.core.session.OnnxClassifier` and
-preprocessing (the model's embedded metadata), so what is verified is what the Pi will run.
+The ONNX side runs through the runtime's own
+:class:`~lgld.runtime.core.classifier.OnnxClassifier` and preprocessing (the model's embedded
+metadata), so what is verified is what the Pi will run.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import onnx
 import torch
 
 from lgld.export import ExportError
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier
 from lgld.runtime.core.files import IMAGE_SUFFIXES
 from lgld.runtime.core.preprocess import preprocess_batch, read_image
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier
 
 # im2col (Unfold) Gather chains, run-time positional encodings and unfolded BN are not allowed.
 FORBIDDEN_OPS = frozenset(

@@ -13,7 +13,6 @@ A checkpoint is a ``torch.save``'d dict of tensors and plain Python values only,
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,10 @@ from typing import Any
 import torch
 
 from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.core.files import file_sha256  # noqa: F401  (re-exported)
+from lgld.runtime.core.files import (
+    atomic_path,
+    file_sha256,  # noqa: F401  (re-exported)
+)
 from lgld.runtime.core.preprocess import PreprocessSpec
 
 FORMAT = "lgld-checkpoint"
@@ -101,17 +103,8 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from lgld.runtime.config import CalibrationSection
 from lgld.runtime.config import state_dir as lgld_state_dir
+from lgld.runtime.core.files import atomic_path, write_atomic
 from lgld.runtime.core.preprocess import srgb_to_linear
 
 CALIBRATION_FILE = "calibration.json"
@@ -206,10 +207,10 @@ def save(cal: Calibration, folder: Path) -> Path:
     """Write flatfield.npy and calibration.json (the JSON last: it marks a complete one)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / FLAT_FILE, cal.flat, allow_pickle=False)
-        tmp = folder / (CALIBRATION_FILE + ".tmp")
-        tmp.write_text(json.dumps({**cal.record(), "created_unix": cal.created}, indent=1) + "\n")
-        tmp.replace(folder / CALIBRATION_FILE)
+        with atomic_path(folder / FLAT_FILE) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, cal.flat, allow_pickle=False)
+        write_atomic(folder / CALIBRATION_FILE,
+                     json.dumps({**cal.record(), "created_unix": cal.created}, indent=1) + "\n")
     except OSError as exc:
         raise CalibrationError(f"cannot write the calibration to {folder}: "
                                f"{exc.strerror or exc}") from None

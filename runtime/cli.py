@@ -43,11 +43,11 @@ from lgld.runtime.config import (
     parse_roi,
     to_toml,
 )
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.cliutil import OneLineParser, plural
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision, model_label
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import ZOO, resolve_model
 from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings

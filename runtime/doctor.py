@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 
 from lgld.runtime.config import ConfigError, RunConfig, parse_listen
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision, model_label
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.preview import preview_possible
 from lgld.runtime.results import ResultLogError, check_writable

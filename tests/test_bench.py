@@ -230,7 +230,7 @@ def _table(ratio: float | None, parity_ok: bool, pipe_fps: float, camera_fps: fl
 def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
     ratio: float | None, parity_ok: bool, pipe_fps: float, camera_fps: float, expected: dict
 ) -> None:
-    from lgld.bench.report import targets
+    from lgld.bench.targets import targets
 
     got = {t["target"]: t["status"] for t in targets(_table(ratio, parity_ok, pipe_fps,
                                                              camera_fps))}
@@ -239,7 +239,7 @@ def test_targets_pass_only_when_fast_enough_and_outputs_unchanged(
 
 @pytest.mark.parametrize(("int8_ratio", "expected"), [(4.6, "PASS"), (2.5, "FAIL")])
 def test_the_int8_row_is_judged_as_the_best_precision(int8_ratio: float, expected: str) -> None:
-    from lgld.bench.report import targets
+    from lgld.bench.targets import targets
 
     table = _table(2.6, True, 95.0, 200.0)
     table["rows"].append({"key": "int8", "ratio_vs_row1": int8_ratio})
@@ -292,14 +292,13 @@ def test_a_checkpoint_that_does_not_match_the_model_is_refused(
     assert "does not match the model" in err and err.count("\n") == 1
 
 
-def test_cpu_features_name_the_simd_that_int8_speed_depends_on(
+def test_the_machine_record_reads_the_cpu_through_the_one_cpuinfo_reader(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lgld.bench.machine import cpu_features
+    from lgld.bench import machine
+    from lgld.runtime.core.cpu import CpuFeatures
 
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
-    assert cpu_features(["fpu", "avx2", "avx512f", "avx512_vnni"]) == [
-        "AVX2", "AVX-512", "AVX-512 VNNI"]
-    assert cpu_features(["fpu", "avx2", "fma"]) == ["AVX2"]
-    monkeypatch.setattr("platform.machine", lambda: "aarch64")
-    assert cpu_features(["fp", "asimd", "asimddp"]) == ["NEON", "NEON dotprod"]
+    cpu = CpuFeatures("x86_64", frozenset({"fpu", "avx2", "fma", "avx512_vnni"}), "Test CPU")
+    monkeypatch.setattr(machine, "cpu_features", lambda: cpu)
+    info = machine.machine_info()
+    assert info["cpu"] == "Test CPU" and info["cpu_flags"] == ["avx2", "fma"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lgld.runtime.cells.slide import SlideScan
 from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.cells.track import TrackerSettings
-from lgld.runtime.core.session import OnnxClassifier
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.zoo import resolve_model
 
 

@@ -126,7 +126,7 @@ def test_a_missing_extra_is_the_same_one_line_for_every_command(name, tmp_path):
 def test_o_and_output_name_what_each_command_writes_and_the_old_spellings_still_work():
     parsed = [
         (train_cli._parser(), ["--data", "d"], "out"),
-        (evaluate._parser(), ["--model", "m.onnx", "--data", "d"], "json_out"),
+        (evaluate.build_parser(), ["--model", "m.onnx", "--data", "d"], "json_out"),
         (export_cli.build_parser(), ["m.pt"], "output"),
         (bench_cli.build_parser(), [], "json"),
         (report_cli.build_parser(), ["log.jsonl"], "output"),
@@ -137,6 +137,6 @@ def test_o_and_output_name_what_each_command_writes_and_the_old_spellings_still_
             assert str(getattr(parser.parse_args([*required, flag, "x"]), dest)) == "x", parser.prog
     assert train_cli._parser().parse_args(["--data", "d", "--out", "r"]).out == "r"
     assert str(dataset_cli._parser().parse_args(["l", "--out", "d"]).out) == "d"
-    assert evaluate._parser().parse_args(["--model", "m", "--data", "d", "--json", "j"]
+    assert evaluate.build_parser().parse_args(["--model", "m", "--data", "d", "--json", "j"]
                                          ).json_out == "j"
     assert bench_cli.build_parser().parse_args(["--json", "j"]).json == "j"

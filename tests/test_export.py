@@ -28,9 +28,9 @@ from lgld.export.rewrites import (
 from lgld.export.verify import FORBIDDEN_OPS, check_graph, op_histogram
 from lgld.models.checkpoint import file_sha256
 from lgld.models.lgld_net import FFM, GCE, IPS, LGFM, VARIANTS
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.preprocess import PreprocessSpec
-from lgld.runtime.core.session import OnnxClassifier
 
 TOL = 1e-4
 

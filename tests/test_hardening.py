@@ -1,4 +1,4 @@
-"""Hardening (issue 16): a full disk, bad images, non-finite model outputs, bad configs and
+"""Hardening: a full disk, bad images, non-finite model outputs, bad configs and
 models, and readiness. Each test reproduces one finding of the probe."""
 
 from __future__ import annotations

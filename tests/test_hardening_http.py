@@ -1,4 +1,4 @@
-"""Hardening (issue 16) of the HTTP side: nothing open to the network by surprise, no request
+"""Hardening of the HTTP side: nothing open to the network by surprise, no request
 that puts a traceback in the journal or holds a thread, bounded snapshots and viewers."""
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, needs_exact_int8_kernels
 from lgld.runtime.core.cpu import parse_cpuinfo
 from lgld.runtime.core.precision import (
     choose_precision,
@@ -21,7 +22,6 @@ from lgld.runtime.core.precision import (
     int8_sibling,
 )
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.core.session import ModelLoadError, OnnxClassifier, needs_exact_int8_kernels
 from lgld.runtime.core.zoo import ZOO, resolve_model
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "zoo_samples"
@@ -58,6 +58,13 @@ def test_cpuinfo_tells_which_cpus_have_int8_dot_products(cpu, fast, relevant) ->
     features = CPUS[cpu]
     assert features.fast_int8 is fast and features.relevant == relevant
     assert ("(fast int8)" in features.summary()) is fast
+
+
+def test_cpuinfo_names_the_cpu_or_the_board() -> None:
+    assert CPUS["pi5"].model == "Raspberry Pi 5 Model B Rev 1.0"  # the board's line, last
+    named = parse_cpuinfo("processor\t: 0\nmodel name\t: Intel Xeon\n" + ICELAKE, "x86_64")
+    assert named.model == "Intel Xeon" and "avx512_vnni" in named.flags
+    assert CPUS["haswell"].model is None
 
 
 def test_exact_int8_kernels_are_asked_for_only_on_x86_without_vnni() -> None:

@@ -76,8 +76,8 @@ def test_the_crop_budget_keeps_the_snapshot_folder_small(tmp_path):
 def test_a_saved_crop_read_back_gets_the_probabilities_the_count_logged(tmp_path):
     """The data set is made of saved crops: they must be what the model saw (framing and
     colour balance), or a fine-tune learns one input and runs on another."""
+    from lgld.runtime.core.classifier import OnnxClassifier
     from lgld.runtime.core.preprocess import read_image
-    from lgld.runtime.core.session import OnnxClassifier
     from lgld.runtime.core.zoo import resolve_model
 
     log = count(tmp_path, budget_mb=100)

@@ -138,3 +138,13 @@ def test_models_of_different_tasks_are_refused_in_one_line(models, tmp_path, cap
     assert main(["--model", str(right), "--compare", str(right), "--data", str(data),
                  "--perturb"]) == 1
     assert "--perturb and --compare" in capsys.readouterr().err
+
+
+def test_compare_checks_the_options_lgld_eval_checks(models, tmp_path, capsys):
+    right, _ = models
+    data = colour_folder(tmp_path / "d", 2)
+    for flag, value in (("--threads", "0"), ("--limit-per-class", "0"), ("--batch-size", "0")):
+        assert main(["--model", str(right), "--compare", str(right), "--data", str(data),
+                     flag, value]) == 1  # a bad value: 1 (2 is a bad command line)
+        err = capsys.readouterr().err
+        assert err == f"lgld-eval: error: {flag} must be >= 1\n"

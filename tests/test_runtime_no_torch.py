@@ -44,7 +44,7 @@ for name in names:
 print("modules", " ".join(names))
 
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.core.session import OnnxClassifier
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.zoo import zoo_dir
 
 classifier = OnnxClassifier(sys.argv[1], threads=1)
@@ -74,6 +74,6 @@ def test_runtime_works_without_torch(tiny_model):  # noqa: F811
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     modules = proc.stdout.split("modules ", 1)[1].splitlines()[0].split()
-    for expected in ("cli", "config", "pipeline", "core.preprocess", "core.session", "core.zoo"):
+    for expected in ("cli", "config", "pipeline", "core.preprocess", "core.classifier", "core.zoo"):
         assert expected in modules, modules
     assert "classified " in proc.stdout

@@ -12,7 +12,7 @@ import pytest
 
 from lgld.runtime import systemd
 from lgld.runtime.core import zoo
-from lgld.runtime.core.session import ModelLoadError, session_options
+from lgld.runtime.core.classifier import ModelLoadError, session_options
 from lgld.runtime.geometry import model_region
 from lgld.runtime.overlay import OverlayInfo, draw_overlay
 from lgld.runtime.results import Result, ResultLog, ResultLogError

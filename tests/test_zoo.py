@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.preprocess import read_image
-from lgld.runtime.core.session import OnnxClassifier
 from lgld.runtime.core.zoo import ZOO, resolve_model
 from lgld.training.perturb import exposure, white_balance
 

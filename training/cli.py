@@ -114,7 +114,7 @@ def run_training(args: argparse.Namespace) -> int:
     from lgld.models.checkpoint import CheckpointError
     from lgld.training.distributed import broadcast_object, init_world
     from lgld.training.loop import TrainConfig, Trainer, default_workers
-    from lgld.training.report import final_report
+    from lgld.training.runreport import final_report
 
     out = Path(args.out)
     world = init_world(args.device)

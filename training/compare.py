@@ -10,7 +10,6 @@ says when there are too few held-out cells to decide.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -18,21 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
-from lgld.runtime.core.cliutil import quiet_broken_pipe, run_cli
 from lgld.runtime.core.files import file_sha256
+from lgld.training import evaluate
 from lgld.training.data import Item
 from lgld.training.evaluate import (
-    PROG,
     EvalError,
     Model,
-    _parser,
+    build_parser,
+    check_options,
     collect,
     label_indices,
     load_images,
     load_model,
+    run_command,
+    save_json,
     summarise,
 )
-from lgld.training.evaluate import main as evaluate_main
 
 #: Fewer held-out cells than this: the recommendation says the numbers cannot decide.
 MIN_CELLS = 30
@@ -193,7 +193,7 @@ def format_comparison(result: dict) -> str:
 
 
 def _compare_parser() -> argparse.ArgumentParser:
-    p = _parser()
+    p = build_parser()
     p.add_argument("--compare", metavar="CURRENT",
                    help="a second model (e.g. the one in use) run on the same images; prints "
                         "both side by side with a recommendation (--model is the new one)")
@@ -203,8 +203,7 @@ def _compare_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     if args.perturb:
         raise EvalError("--perturb and --compare do not go together; run them separately")
-    if args.batch_size < 1:
-        raise EvalError("--batch-size must be >= 1")
+    check_options(args)
     new = load_model(args.model, args.threads)
     current = load_model(args.compare, args.threads)
     root, items, data_info = collect(args)
@@ -216,17 +215,12 @@ def run(args: argparse.Namespace) -> dict:
         key: {"path": str(m.path), "format": m.kind, "sha256": file_sha256(m.path),
               "input_size": m.spec.input_size}
         for key, m in (("new", new), ("current", current))}
-    if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.json_out)
     print(format_comparison(result), flush=True)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``lgld-eval``: one model (evaluate.main) or, with --compare, two side by side."""
+    """``lgld-eval``: one model (evaluate.run) or, with --compare, two side by side."""
     args = _compare_parser().parse_args(argv)
-    if not args.compare:
-        return evaluate_main(argv)
-    return run_cli(PROG, quiet_broken_pipe(run), args)
+    return run_command(run if args.compare else evaluate.run, args)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lgld.runtime.core.files import IMAGE_SUFFIXES, file_sha256
+from lgld.runtime.core.files import IMAGE_SUFFIXES, file_sha256, write_atomic
 
 LAYOUTS = ("auto", "imagefolder", "all", "raabin")
 SPLIT_FORMAT = "lgld-split"
@@ -167,9 +167,7 @@ class Split:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = Path(str(path) + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_json(), indent=1))
 
 
 def _group_duplicates(items: list[Item]) -> tuple[list[list[Item]], int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from lgld.runtime.core.classifier import OnnxClassifier, softmax
 from lgld.runtime.core.cliutil import OneLineParser, quiet_broken_pipe, require_extra, run_cli
-from lgld.runtime.core.files import file_sha256
+from lgld.runtime.core.files import file_sha256, write_atomic
 from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
-from lgld.runtime.core.session import OnnxClassifier, softmax
 from lgld.training.allocator import OPT_OUT_FLAG
 from lgld.training.data import (
     LAYOUTS,
@@ -237,7 +238,8 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """lgld-eval's flags (compare adds ``--compare`` to them)."""
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--model", required=True, help="a .pt checkpoint or an .onnx model")
     p.add_argument("--data", help="data folder (class folders; ALL, Raabin-WBC or ImageFolder)")
@@ -259,14 +261,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Evaluate as the command line says; print the report; return the result dict."""
+def check_options(args: argparse.Namespace) -> None:
+    """The option checks of every lgld-eval run, of one model or two."""
     if args.batch_size < 1:
         raise EvalError("--batch-size must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise EvalError("--threads must be >= 1")
     if args.limit_per_class is not None and args.limit_per_class < 1:
         raise EvalError("--limit-per-class must be >= 1")
+
+
+def save_json(result: dict, path: str | os.PathLike | None) -> None:
+    """Write ``--json``'s file (its folder made if needed); nothing when no path is given."""
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, json.dumps(result, indent=1) + "\n")
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate as the command line says; print the report; return the result dict."""
+    check_options(args)
     model = load_model(args.model, args.threads)
     root, items, data_info = collect(args)
     result = evaluate(model, root, items, args.batch_size, args.perturb)
@@ -275,18 +290,20 @@ def run(args: argparse.Namespace) -> dict:
         "input_size": model.spec.input_size, "sha256": file_sha256(model.path), **model.details,
     }
     result["data"] = {**data_info, "images_listed": len(items), "skipped": len(result["skipped"])}
-    if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+    save_json(result, args.json_out)
     print(format_result(result), flush=True)
     return result
 
 
+def run_command(job: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run ``job(args)`` as lgld-eval does: the CLI contract of every lgld command
+    (core.cliutil.run_cli), and a reader that went away (``| head``) ends it quietly."""
+    return run_cli(PROG, quiet_broken_pipe(job), args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point of ``lgld-eval``."""
-    args = _parser().parse_args(argv)
-    return run_cli(PROG, quiet_broken_pipe(run), args)
+    """Console entry point of ``lgld-eval`` for one model."""
+    return run_command(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

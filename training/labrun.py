@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from lgld.lab.manifest import MANIFEST_NAME
+from lgld.runtime.core.files import write_atomic
 from lgld.training.data import DataError, Discovered, Split
 from lgld.training.groups import group_split, manifest_groups
 from lgld.training.mix import mix_into, mix_pool
@@ -30,9 +30,7 @@ class LabSplit:
     def save(self, run_dir: Path) -> None:
         if self.manifest is not None:
             shutil.copyfile(self.manifest, run_dir / MANIFEST_COPY)
-        tmp = run_dir / (RECORD_NAME + ".tmp")
-        tmp.write_text(json.dumps(self.record, indent=1) + "\n")
-        os.replace(tmp, run_dir / RECORD_NAME)
+        write_atomic(run_dir / RECORD_NAME, json.dumps(self.record, indent=1) + "\n")
 
     def describe(self) -> str:
         parts = []

@@ -20,7 +20,6 @@ from lgld.models.checkpoint import CheckpointError, load_checkpoint, load_weight
 from lgld.models.lgld_net import LGLDNet, ModelConfig, count_parameters
 from lgld.runtime.core.preprocess import PreprocessSpec
 from lgld.training.data import DataError, Split
-from lgld.training.dataset import CachedDataset, ImageCache, SeededSampler, log
 from lgld.training.distributed import (
     all_reduce_sum,
     broadcast_buffers,
@@ -28,6 +27,7 @@ from lgld.training.distributed import (
     close_world,
     init_world,
 )
+from lgld.training.imagecache import CachedDataset, ImageCache, SeededSampler, log
 from lgld.training.metrics import compute_metrics
 from lgld.training.recipes import Recipe
 

@@ -18,6 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from lgld.runtime.core.files import write_atomic
 from lgld.training.metrics import format_report
 
 
@@ -59,6 +60,7 @@ def render(
     hardware: str, intended: str, limits: list[str], prior: Path | None = None,
     shifts: list[dict] | None = None, notes: list[str] | None = None,
 ) -> str:
+    """The model card (Markdown) of a run and its evaluation."""
     split = json.loads((run_dir / "split.json").read_text())
     stages = run_stages(run_dir, prior)
     history = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -95,7 +97,7 @@ def render(
         ],
         f"- Shipped: the last stage's best epoch ({best_epoch['epoch']}) by validation macro F1.",
         f"- Wall time {seconds / 60:.1f} min in all on {hardware} (shared with other work).",
-        "- Reproduce: "
+        "- Reproduce (`DATA`: the folder holding the data set): "
         + " then ".join(f"`{st['command']}`" for st in stages),
         _preprocess_line(run_dir),
         *[f"- {n}" for n in notes or []],
@@ -109,6 +111,16 @@ def render(
     if test:
         lines.append(_metrics_row("test (own split, after selection)", test))
     lines += ["", "```", format_report(val), "```", ""]
+    lines += _shift_sections(val, shifts)
+    lines += ["## Intended use", "", intended, "", "## Known limits", ""]
+    lines += [f"- {x}" for x in limits]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _shift_sections(val: dict, shifts: list[dict] | None) -> list[str]:
+    """The acquisition-shift and ``--perturb`` robustness sections (empty without them)."""
+    lines: list[str] = []
     if shifts:
         lines += [
             "## Acquisition shifts (val split; accuracy / macro F1)",
@@ -134,10 +146,7 @@ def render(
         for row in _perturb_rows(pert):
             lines.append(f"| {row[0]} | {row[1]} | {_pct(row[2])} | {_pct(row[3])} |")
         lines.append("")
-    lines += ["## Intended use", "", intended, "", "## Known limits", ""]
-    lines += [f"- {x}" for x in limits]
-    lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _lab_section(run_dir: Path) -> list[str]:
@@ -204,7 +213,7 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
         recipe = run.get("recipe", {})
         history = [json.loads(x) for x in (current / "log.jsonl").read_text().splitlines()]
         command = (
-            f"lgld-train --data {run.get('data')} --out {current.name} "
+            f"lgld-train --data {_shown_path(run.get('data'), 'DATA')} --out {current.name} "
             f"--input-size {run.get('input_size')} --epochs {recipe.get('epochs')} "
             f"--recipe {recipe.get('name')} --seed {run.get('seed')} --workers 0"
         )
@@ -222,7 +231,7 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
                 command += f" --init {parent.name}/best.pt --split-file {parent.name}/split.json"
                 current = parent
             else:
-                shown = _repo_relative(Path(init))
+                shown = _shown_path(init, "PATH")
                 command += f" --init {shown}"
                 if prior is not None:
                     command += f" --split-file {prior.name}/split.json"
@@ -232,13 +241,17 @@ def run_stages(run_dir: Path, prior: Path | None = None) -> list[dict]:
     return stages
 
 
-def _repo_relative(path: Path) -> str:
-    """``zoo/x.pt`` for a file inside this checkout, else the path as recorded."""
+def _shown_path(recorded: str | None, placeholder: str) -> str:
+    """A recorded path as a card shows it: ``zoo/x.pt`` inside this checkout, a relative path
+    as recorded, an absolute one elsewhere as ``PLACEHOLDER/<name>`` (no machine's paths)."""
+    if not recorded:
+        return str(recorded)
+    path = Path(recorded)
     root = Path(__file__).resolve().parents[1]
     try:
         return str(path.resolve().relative_to(root))
     except ValueError:
-        return str(path)
+        return f"{placeholder}/{path.name}" if path.is_absolute() else recorded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     test = json.loads(a.test_json.read_text()) if a.test_json else None
     shifts = ([json.loads(x) for x in a.shifts_json.read_text().splitlines() if x.strip()]
               if a.shifts_json else None)
-    a.out.write_text(render(a.run_dir, val, test, a.title, a.data_citation, a.onnx, a.hardware,
-                            a.intended, a.limit, a.prior_run, shifts, a.note))
+    write_atomic(a.out, render(a.run_dir, val, test, a.title, a.data_citation, a.onnx,
+                               a.hardware, a.intended, a.limit, a.prior_run, shifts, a.note))
     print(f"wrote {a.out}", file=sys.stderr)
     return 0
 

@@ -4,7 +4,7 @@
 #
 #   docs/lab-loop/run-example.sh /path/to/BCCD-dev runs/lab-loop
 #
-# BCCD-dev: the 91 BCCD fields of /work/shared/data (MIT licence, docs/lab-loop/ATTRIBUTION.md).
+# BCCD-dev: the 91 BCCD fields of the BCCD data set (MIT licence, docs/lab-loop/ATTRIBUTION.md).
 set -euo pipefail
 BCCD=${1:?usage: $0 BCCD-DEV-FOLDER OUT-FOLDER [WBC5-FOLDER]}
 OUT=${2:?usage: $0 BCCD-DEV-FOLDER OUT-FOLDER [WBC5-FOLDER]}

@@ -1,4 +1,5 @@
-"""The CPU features that decide how fast INT8 runs, read from /proc/cpuinfo (no torch, no cpuid).
+"""The one reader of /proc/cpuinfo (no torch, no cpuid): the CPU's model name and the features
+that decide how fast INT8 runs.
 
 INT8 pays off where the CPU has int8 dot-product instructions: ``asimddp`` (Armv8.2 dotprod:
 Raspberry Pi 5's Cortex-A76) on arm64, ``avx512_vnni`` or ``avx_vnni`` on x86. Without them
@@ -26,6 +27,7 @@ class CpuFeatures:
 
     arch: str  # "x86_64", "aarch64" or whatever platform.machine() says
     flags: frozenset[str]
+    model: str | None = None  # "model name" (x86), or the board's "Hardware"/"Model" (arm64)
 
     @property
     def is_x86(self) -> bool:
@@ -55,18 +57,25 @@ class CpuFeatures:
 
 
 def parse_cpuinfo(text: str, arch: str) -> CpuFeatures:
-    """Features from the text of /proc/cpuinfo (x86 ``flags``, arm64 ``Features`` lines).
+    """Features from the text of /proc/cpuinfo (x86 ``flags``, arm64 ``Features`` lines) and
+    the model (the last non-empty ``model name``, ``Hardware`` or ``Model`` line: on a Pi the
+    board's name, which comes last).
 
-    Uses the first processor's line: a mixed big.LITTLE system reports the common subset there
+    Uses the first processor's flags: a mixed big.LITTLE system reports the common subset there
     on every arm64 board lgld targets.
     """
-    flags: frozenset[str] = frozenset()
+    flags: frozenset[str] | None = None
+    model = None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("flags", "features"):
+        key = key.strip().lower()
+        if not sep:
+            continue
+        if key in ("flags", "features") and flags is None:
             flags = frozenset(value.split())
-            break
-    return CpuFeatures(arch=arch.lower(), flags=flags)
+        elif key in ("model name", "hardware", "model") and value.strip():
+            model = value.strip()
+    return CpuFeatures(arch=arch.lower(), flags=flags or frozenset(), model=model)
 
 
 def cpu_features(cpuinfo: str | os.PathLike = CPUINFO, arch: str | None = None) -> CpuFeatures:

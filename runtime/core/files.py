@@ -1,9 +1,12 @@
-"""Image folders and file digests: the one definition of which files are images."""
+"""Files: which ones are images, their digests, rotated logs, and the one atomic write."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -40,3 +43,46 @@ def log_files(path: str | os.PathLike) -> list[Path]:
         rotated.append(sibling)
         n += 1
     return [*reversed(rotated), path]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A unique, empty temporary file beside ``path`` for the caller to write; on a clean exit
+    it gets the permissions a new file would get, is forced to disk, renamed onto ``path`` and
+    the rename forced to disk too (the folder's fsync), so a reader sees the old file or the
+    complete new one, even after a power cut, and two writers never share a temporary file.
+    On an error the temporary file is removed and ``path`` is left as it was.
+    """
+    target = Path(path).expanduser()
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is a normal file
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # folders some file systems cannot fsync
+        _fsync(target.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, newlines untranslated) to ``path`` atomically and durably
+    (:func:`atomic_path`); returns the path written."""
+    target = Path(path).expanduser()
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return target

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lgld.runtime.core.classifier import ModelLoadError
 from lgld.runtime.core.cpu import CpuFeatures, cpu_features
 from lgld.runtime.core.modelinfo import PREFIX
-from lgld.runtime.core.session import ModelLoadError
 
 PRECISIONS = ("auto", "fp32", "int8")
 INT8_SUFFIX = ".int8.onnx"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lgld.runtime.core.session import ModelLoadError
+from lgld.runtime.core.classifier import ModelLoadError
 from lgld.zoo import ZOO_DIR
 
 ZOO = {

@@ -654,16 +654,3 @@ caption = track and confidence.</p>
 alone.</footer>
 </main></body></html>
 """)
-
-
-def write_atomic(path: str | Path, data: str) -> Path:
-    """Write a text file via a temporary file in the same folder and a rename."""
-    path = Path(path).expanduser()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(data, encoding="utf-8", newline="")
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

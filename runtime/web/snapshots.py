@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from lgld.runtime.core.files import write_atomic
+
 log = logging.getLogger("lgld.runtime")
 
 PATTERN = "lgld-*"  # every file a snapshot writes starts with this
@@ -52,7 +54,7 @@ class SnapshotStore:
         written = []
         for suffix, data in parts:
             path = self.folder / f"{stem}.{suffix}"
-            path.write_bytes(data)
+            write_atomic(path, data)
             written.append(path)
         self.prune(keep=set(written))
         return written

@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 from lgld.models.checkpoint import load_checkpoint
+from lgld.runtime.core.files import write_atomic
 from lgld.training.loop import predict
 from lgld.training.metrics import compute_metrics, format_report
 from lgld.training.plots import plot_confusion, plot_curves
@@ -27,7 +28,7 @@ def final_report(trainer: Trainer) -> dict:
         loader = trainer._loader(part, ckpt.config.input_size, train=False)
         y, p, _ = predict(model, loader, trainer.device)
         results[part] = compute_metrics(y, p, trainer.classes)
-    (out / "metrics.json").write_text(json.dumps(
+    write_atomic(out / "metrics.json", json.dumps(
         {"checkpoint": best.name, "input_size": ckpt.config.input_size, **results}, indent=1))
     text = []
     for part, m in results.items():
@@ -35,7 +36,7 @@ def final_report(trainer: Trainer) -> dict:
         name = "confusion_matrix.png" if part == "val" else f"confusion_matrix_{part}.png"
         plot_confusion(m["confusion_matrix"], m["classes"], out / name,
                        f"{part}: accuracy {100 * m['accuracy']:.2f}%")
-    (out / "report.txt").write_text("\n".join(text))
+    write_atomic(out / "report.txt", "\n".join(text))
     plot_curves(trainer.history, out / "curves.png")
     print("\n".join(text))
     return results

@@ -1,4 +1,5 @@
-"""The ONNX Runtime session that every consumer (runtime, lgld-eval, export checks, bench) uses."""
+"""The classifier: the ONNX Runtime session every consumer (runtime, lgld-eval, export checks,
+bench) runs a model through."""
 
 from __future__ import annotations
 

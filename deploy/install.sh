@@ -288,7 +288,7 @@ pip_install_lgld() {
 
 check_imports() {
     log "import check: apt's picamera2 (if present) together with pip's numpy/cv2/onnxruntime"
-    local code='import numpy, cv2, onnxruntime, lgld.runtime
+    local code='import numpy, cv2, onnxruntime, lgld.runtime.cli
 try:
     import picamera2  # noqa: F401  (fails here when NumPy is ABI-incompatible with simplejpeg)
     cam = "picamera2 ok"
@@ -297,7 +297,7 @@ except Exception as exc:  # ImportError, or ValueError "numpy.dtype size changed
 print(f"numpy {numpy.__version__} ({numpy.__file__}), opencv {cv2.__version__}, "
       f"onnxruntime {onnxruntime.__version__}, {cam}")'
     if ((DRY_RUN)); then
-        run "$VENV/bin/python" -c "import numpy, cv2, onnxruntime, lgld.runtime, picamera2"
+        run "$VENV/bin/python" -c "import numpy, cv2, onnxruntime, lgld.runtime.cli, picamera2"
         return
     fi
     local out
@@ -308,6 +308,27 @@ print(f"numpy {numpy.__version__} ({numpy.__file__}), opencv {cv2.__version__}, 
     if apt_installed python3-picamera2 && [[ $out == *"picamera2 not importable"* ]]; then
         die "apt's picamera2 does not import in the venv: ${out##*picamera2 not importable }"
     fi
+}
+
+# The installed commands run: lgld-run's version and its doctor on the bundled demo source (no
+# camera, port or log involved, so it also passes while the service holds the camera and port).
+check_commands() {
+    log "command check: lgld-run --version; lgld-run --check --source demo"
+    if ((DRY_RUN)); then
+        run "$VENV/bin/lgld-run" --version
+        run "$VENV/bin/lgld-run" --check --source demo --preview off
+        return
+    fi
+    local out
+    if ! out=$("$VENV/bin/lgld-run" --version 2>&1); then
+        die "the installed lgld-run does not start: $(tail -n 1 <<<"$out")"
+    fi
+    log "$out"
+    if ! out=$("$VENV/bin/lgld-run" --check --source demo --preview off 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "lgld-run --check --source demo failed (above)"
+    fi
+    log "$(tail -n 1 <<<"$out")"
 }
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
@@ -496,6 +517,7 @@ main() {
     ensure_venv
     pip_install_lgld
     check_imports
+    check_commands
     install_config
     check_config
     install_unit

@@ -125,7 +125,8 @@ def hostile_logs(report: Callable[[bool | None, str, str], None], workdir: Path,
     stale.mkdir()
     before = sorted(p.name for p in base.iterdir() if p != stale)
     rc, err, _ = run_child("lgld.lab.cli", [str(pi / "r.jsonl"), "-o", str(base / "lab"),
-                                            "--min-per-class", "2"], env, base, 60.0)
+                                            "--min-per-class", "2"], env, base,
+                           max(5.0, min(60.0, left())))
     after = sorted(p.name for p in base.iterdir())
     written = sorted(p.name for p in (base / "lab").iterdir()) if rc == 0 else []
     ok = rc == 0 and after == sorted([*before, "lab"]) and not stale.exists() and \
@@ -138,14 +139,14 @@ def hostile_logs(report: Callable[[bool | None, str, str], None], workdir: Path,
     records[7]["crop"] = str(secret)  # track 4, a confirmed cell
     write_log(pi / "r.jsonl", records)
     rc, err, _ = run_child("lgld.lab.cli", [str(pi / "r.jsonl"), "-o", str(base / "lab2")],
-                           env, base, 60.0)
+                           env, base, max(5.0, min(60.0, left())))
     lines = err.strip().splitlines()
     ok = rc == 1 and len(lines) == 1 and not (base / "lab2").exists()
     report(ok, "hostile log: data set crops", f"a crop outside the crop folder: rc {rc}, "
            f"{lines[-1][:120] if lines else 'no message'!r}")
 
     rc, err, _ = run_child("lgld.runtime.cli", ["--sample", "caf\udce9", "--check"], env,
-                           base, 30.0)  # argv holds the byte 0xe9, as from a shell
+                           base, max(5.0, min(30.0, left())))  # argv: the byte 0xe9
     lines = err.strip().splitlines()
     report(rc == 2 and len(lines) == 1, "hostile label", f"--sample $'caf\\xe9': rc {rc}, "
            f"{lines[-1][:100] if lines else 'no message'!r}")

@@ -18,6 +18,7 @@ however many there are.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -337,17 +338,12 @@ def remove_stale_temp(out: Path) -> list[Path]:
     """Remove the ``.OUT.tmp-PID`` folders that builds of ``out`` killed midway left behind
     (their process is gone); a running build's folder is kept. Returns what was removed."""
     removed = []
-    for tmp in out.parent.glob(f".{glob_escape(out.name)}.tmp-*"):
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
         if tmp.is_dir() and not tmp.is_symlink() and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with the glob pattern characters matched literally."""
-    return re.sub(r"([*?[])", r"[\1]", name)
 
 
 def _copy_checked(e: Entry, target: Path) -> None:

@@ -5,7 +5,8 @@
   replacing (and counting as dropped) one the worker has not taken yet. Memory is bounded:
   one frame in the slot, one being classified, the newest one published for display.
 * The inference worker always takes the newest prepared frame, runs only the model on it,
-  smooths the probabilities and hands the :class:`Result` to the listeners (log, ...). The
+  smooths the probabilities and hands the :class:`Result` to the listeners (log, ...). What
+  differs between field, roi and cell mode is the mode's stage (:mod:`lgld.runtime.stages`). The
   quality gate and the preprocessing thus run beside inference, not before it, so the
   pipeline's result rate stays close to the model's own (``lgld-bench`` row 4).
 * Display and streaming read :class:`FrameHub`, which is updated at camera rate and holds the
@@ -20,7 +21,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -28,25 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from lgld.runtime.calibration import CalibrationState
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.config import InferenceSection, RunConfig, SourceSection, TrustSection
-from lgld.runtime.geometry import Region, crop_region, model_region
+from lgld.runtime.geometry import Region, crop_region
 from lgld.runtime.results import Result
 from lgld.runtime.sources import CameraLost, Frame, Source
+from lgld.runtime.stages import ClassifyStage, CountStage, Stage
 from lgld.runtime.stats import Snapshot, Stats
-from lgld.runtime.trust import (
-    INVALID_OUTPUT,
-    OK,
-    TOO_BRIGHT,
-    TOO_DARK,
-    Quality,
-    Smoother,
-    assess,
-    decide,
-)
+from lgld.runtime.trust import Quality, assess
 
 log = logging.getLogger("lgld.runtime")
 
@@ -118,9 +108,9 @@ class Prepared:
     frame: Frame
     region: Region
     quality: Quality
-    batch: np.ndarray | None  # the model input; None when the quality gate rejected the frame
+    payload: Any  # the stage's input for classify (the model input, or cell mode's cells and
+    # crops); None when the quality gate rejected the frame
     seconds: float  # time spent on the gate and preprocessing
-    cells: Any = None  # cell mode: the detected cells and their crops (cells.stage.CellInput)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +195,7 @@ class Pipeline:
         listeners: list[Callable[[Result], None]] | None = None,
         cells: CountSession | None = None,
         calibration: CalibrationState | None = None,
+        stage: Stage | None = None,
     ) -> None:
         self.source = source
         self.cells = cells  # cell mode: detection, tracking and the differential count
@@ -217,7 +208,10 @@ class Pipeline:
         self.listeners = list(listeners or [])
         self.batch = source.batch
         self.slot = LatestSlot(lossless=self.batch)
-        self.smoother = Smoother(1 if self.batch else settings.trust.window)
+        #: the mode's per-frame work: cell mode with ``cells``, else field or roi, or any given
+        self.stage: Stage = stage or (CountStage(cells) if cells is not None else ClassifyStage(
+            classifier, settings.mode, settings.trust, smooth=not self.batch,
+            field_crop=settings.field_crop, roi=settings.roi, roi_size=settings.roi_size))
         self.hub = FrameHub()
         self.stats = Stats()
         self.stats.classes = dict.fromkeys(self.classes, 0)
@@ -227,7 +221,6 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._results = 0
-        self._invalid = 0  # frames whose model output was not finite
 
     # -- control -------------------------------------------------------------------------------
 
@@ -262,10 +255,7 @@ class Pipeline:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def region_for(self, shape: tuple[int, ...]) -> Region:
-        s = self.settings
-        if s.mode == "cells":
-            return 0, 0, shape[1], shape[0]
-        return model_region(shape, s.mode, s.field_crop, s.roi, s.roi_size)
+        return self.stage.region(shape)
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -292,11 +282,12 @@ class Pipeline:
                 self.stats.frames += 1
                 self.stats.last_frame_mono = frame.mono
                 self.stats.camera_fps.tick(frame.mono)
-                if self.cells is None:  # cell mode shows the classified frames (see below)
+                classified_only = self.stage.shows_classified_frames
+                if not classified_only:  # else shown once classified (see below)
                     self.hub.publish_frame(frame)
-                if self.cells is not None and not self.batch and self.slot.waiting:
+                elif not self.batch and self.slot.waiting:
                     # cell mode: detection and crops cost ~10 ms; a frame prepared while the
-                    # last one still waits would only replace it, so it is shown, not prepared
+                    # last one still waits would only replace it, so it is not prepared
                     self.slot.skip()
                     continue
                 if not self.slot.put(self.prepare(frame)):
@@ -341,7 +332,7 @@ class Pipeline:
                     continue
                 result = self.classify(prepared)
                 self.hub.publish_result(result)
-                if self.cells is not None:  # boxes drawn on their own frame, never on a later one
+                if self.stage.shows_classified_frames:  # boxes on their own frame, not a later
                     self.hub.publish_frame(prepared.frame)
                 for listener in self.listeners:
                     listener(result)
@@ -361,64 +352,23 @@ class Pipeline:
         """Quality gate and preprocessing for one frame (runs on the capture thread)."""
         t0 = time.perf_counter()
         region = self.region_for(frame.image.shape)
-        crop = crop_region(frame, region, use_lores=self.settings.mode == "field")
+        crop = crop_region(frame, region, use_lores=self.stage.use_lores)
         cal = self.calibration
         if cal is not None and cal.state == "ok" and cal.calibration is not None:
             crop = cal.calibration.correct(crop, region, frame.image.shape)
-        quality = assess(crop, self.settings.trust)
-        if self.cells is not None:  # a sparse field is no focus measure: exposure only
-            cells = None
-            if quality.state not in (TOO_DARK, TOO_BRIGHT):
-                quality = dataclasses.replace(quality, state=OK)
-                cells = self.cells.stage.prepare(frame.image)
-            return Prepared(frame, region, quality, None, time.perf_counter() - t0, cells)
-        batch = self.classifier.prepare([crop]) if quality.state == OK else None
-        return Prepared(frame, region, quality, batch, time.perf_counter() - t0)
+        quality, payload = self.stage.prepare(frame, crop, assess(crop, self.settings.trust))
+        return Prepared(frame, region, quality, payload, time.perf_counter() - t0)
 
     def process(self, frame: Frame) -> Result:
         """Quality gate, preprocessing, classification and smoothing of one frame, in sequence."""
         return self.classify(self.prepare(frame))
 
-    def _warn_invalid_output(self) -> None:
-        """Say it on the first non-finite output and then every 1000th (not every frame)."""
-        self._invalid += 1
-        if self._invalid % 1000 == 1:
-            log.warning("the model answered NaN or infinity (%d frame(s) so far): those frames "
-                        "are 'invalid_output', never a class; check the model file",
-                        self._invalid)
-
     def classify(self, prepared: Prepared) -> Result:
         """Classification and smoothing of a prepared frame (runs on the inference thread)."""
         t0 = time.perf_counter()
         frame, quality = prepared.frame, prepared.quality
-        probabilities: dict[str, float] = {}
-        instant: dict[str, float] = {}
-        label, confidence = None, None
-        cells: list[dict[str, Any]] | None = None
-        timing: dict[str, float] = {}
-        if self.cells is not None:
-            state = quality.state
-            cells = []
-            if prepared.cells is not None:
-                found = self.cells.process(prepared.cells, frame.image, frame.mono, frame.index)
-                cells = found.cells
-                timing = {"detect_ms": round(found.detect_ms, 2),
-                          "classify_ms": round(found.classify_ms, 2)}
-        elif prepared.batch is None:
-            self.smoother.reset()
-            state = quality.state
-        else:
-            probs = np.asarray(self.classifier.predict(prepared.batch)[0], dtype=np.float32)
-            if not np.all(np.isfinite(probs)):  # never a class, never smoothed into the next
-                self.smoother.reset()
-                state = INVALID_OUTPUT
-                self._warn_invalid_output()
-            else:
-                smoothed = self.smoother.update(probs)
-                decision = decide(smoothed, self.classes, self.settings.trust.min_confidence)
-                state, label, confidence = decision.state, decision.label, decision.confidence
-                probabilities = {c: float(p) for c, p in zip(self.classes, smoothed, strict=True)}
-                instant = {c: float(p) for c, p in zip(self.classes, probs, strict=True)}
+        outcome = self.stage.classify(frame, quality, prepared.payload)
+        state, label = outcome.state, outcome.label
         latency = prepared.seconds + time.perf_counter() - t0
         now = time.monotonic()
         stats = self.stats
@@ -439,18 +389,18 @@ class Pipeline:
             model=self.model_name,
             state=state,
             label=label,
-            confidence=confidence,
-            probabilities=probabilities,
-            instant=instant,
+            confidence=outcome.confidence,
+            probabilities=outcome.probabilities,
+            instant=outcome.instant,
             latency_ms=latency * 1000,
             e2e_ms=stats.last_e2e_ms,
             quality=quality,
             region=prepared.region,
-            window=len(self.smoother),
+            window=self.stage.window,
             name=frame.name,
-            cells=cells,
+            cells=outcome.cells,
             session=None if self.cells is None else self.cells.id,
-            timing=timing,
+            timing=outcome.timing,
         )
 
     # -- reporting -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 
 from lgld.runtime.config import LogSection
 from lgld.runtime.core.strictjson import dumps
+from lgld.runtime.core.untrusted import utf8_safe
 from lgld.runtime.geometry import Region
 from lgld.runtime.trust import Quality
 
@@ -192,7 +193,9 @@ class ResultLog:
 
         A write that fails part-way (ENOSPC: the disk is full) is cut back off the file, so the
         log holds only whole lines and a later run appends cleanly."""
-        data = (dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        # a file name with a byte that is not UTF-8 (images:) arrives as a lone surrogate
+        line = utf8_safe(dumps(record, ensure_ascii=False, separators=(",", ":")))
+        data = (line + "\n").encode()
         with self._lock:
             if self._file is None:
                 raise ResultLogError(f"log {self.path} is closed")

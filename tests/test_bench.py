@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.train
 torch = pytest.importorskip("torch")
 
 from lgld.bench.cli import main  # noqa: E402

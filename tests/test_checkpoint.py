@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from lgld.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lgld.models.lgld_net import LGLDNet
-from lgld.runtime.core.preprocess import PreprocessSpec
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+
+
+from lgld.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from lgld.models.lgld_net import LGLDNet  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 

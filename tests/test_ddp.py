@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import interrupt_after_first_epoch
 
-from lgld.training.cli import train_main
+torch = pytest.importorskip("torch")
+
+
+from lgld.training.cli import train_main  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "train_samples"
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="this torch build has no torch.distributed")
+pytestmark = [pytest.mark.train,
+              pytest.mark.skipif(not torch.distributed.is_available(),
+                                 reason="this torch build has no torch.distributed")]
 
 
 def small_folder(dest: Path, n: int = 12) -> Path:

@@ -515,3 +515,32 @@ def test_import_check_stops_on_a_numpy_abi_break(tmp_path):
     fine = check(False, "")  # no picamera2 from apt (not a Pi): reported, not fatal
     assert fine.returncode == 0, fine.stderr
     assert "onnxruntime" in fine.stdout and "picamera2 not importable" in fine.stdout
+
+
+def test_command_check_runs_the_installed_lgld_run_and_stops_when_it_fails(tmp_path):
+    """The installer runs the venv's lgld-run (--version, --check on the demo source) and stops
+    with the doctor's output when it fails: an import error in a subpackage cannot pass."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    fake = venv_bin / "lgld-run"
+    calls = tmp_path / "calls"
+    script = 'source "$INSTALL"; VENV=$SCRATCH/venv; check_commands'
+    env = {**os.environ, "INSTALL": str(INSTALL), "SCRATCH": str(tmp_path)}
+
+    def check(body: str) -> subprocess.CompletedProcess:
+        fake.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n{body}\n')
+        fake.chmod(0o755)
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env,
+                              timeout=60)
+
+    ok = check('case "$1" in --version) echo "lgld-run 9.9";;'
+               ' *) echo "lgld-run --check: all good";; esac')
+    assert ok.returncode == 0, ok.stderr
+    assert "lgld-run 9.9" in ok.stdout and "all good" in ok.stdout
+    assert calls.read_text().splitlines() == ["--version", "--check --source demo --preview off"]
+    broken = check('[ "$1" = --version ] && exit 0\n'
+                   "echo \"ModuleNotFoundError: No module named 'lgld.runtime.cells'\" >&2; exit 1")
+    assert broken.returncode != 0
+    assert "lgld.runtime.cells" in broken.stderr and "--check --source demo failed" in broken.stderr
+    dead = check("echo 'Traceback: boom' >&2; exit 1")
+    assert dead.returncode != 0 and "does not start: Traceback: boom" in dead.stderr

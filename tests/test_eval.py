@@ -10,19 +10,22 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-import torch
-import torch.nn.functional as F
-from onnx import TensorProto, helper
 
-from lgld.models.checkpoint import save_checkpoint
-from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.core.modelinfo import ModelInfo
-from lgld.runtime.core.preprocess import PreprocessSpec, preprocess_batch, read_image
-from lgld.training.data import discover, make_split
-from lgld.training.evaluate import main
-from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+import torch.nn.functional as F  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+
+from lgld.models.checkpoint import save_checkpoint  # noqa: E402
+from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
+from lgld.runtime.core.modelinfo import ModelInfo  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec, preprocess_batch, read_image  # noqa: E402
+from lgld.training.data import discover, make_split  # noqa: E402
+from lgld.training.evaluate import main  # noqa: E402
+from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "zoo_samples"  # bundled samples
 WBC5 = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]

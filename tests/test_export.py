@@ -9,15 +9,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-import torch
-from export_helpers import CLASSES, make_checkpoint, make_model, randomize_bn, sample_folder
 
-from lgld.export import ExportError
-from lgld.export.cli import main
-from lgld.export.onnx_export import build_graph, export_model
-from lgld.export.rewrites import (
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from export_helpers import CLASSES, make_checkpoint, make_model, randomize_bn, sample_folder  # noqa: E402
+
+from lgld.export import ExportError  # noqa: E402
+from lgld.export.cli import main  # noqa: E402
+from lgld.export.onnx_export import build_graph, export_model  # noqa: E402
+from lgld.export.rewrites import (  # noqa: E402
     ExportLGLDNet,
     export_ffm,
     export_gce,
@@ -25,12 +28,12 @@ from lgld.export.rewrites import (
     export_ips,
     export_lgfm,
 )
-from lgld.export.verify import FORBIDDEN_OPS, check_graph, op_histogram
-from lgld.models.checkpoint import file_sha256
-from lgld.models.lgld_net import FFM, GCE, IPS, LGFM, VARIANTS
-from lgld.runtime.core.classifier import OnnxClassifier
-from lgld.runtime.core.modelinfo import lgld_version
-from lgld.runtime.core.preprocess import PreprocessSpec
+from lgld.export.verify import FORBIDDEN_OPS, check_graph, op_histogram  # noqa: E402
+from lgld.models.checkpoint import file_sha256  # noqa: E402
+from lgld.models.lgld_net import FFM, GCE, IPS, LGFM, VARIANTS  # noqa: E402
+from lgld.runtime.core.classifier import OnnxClassifier  # noqa: E402
+from lgld.runtime.core.modelinfo import lgld_version  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
 
 TOL = 1e-4
 

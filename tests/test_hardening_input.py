@@ -382,3 +382,15 @@ def test_the_token_cookie_is_found_beside_foreign_cookies(header):
     assert guard.refusal("GET", "/api/latest", {"Cookie": header}, "127.0.0.1") is None
     assert guard.refusal("GET", "/api/latest", {"Cookie": "lgld_token=wrong"},
                          "127.0.0.1").status == 401
+
+
+def test_an_image_file_name_that_is_not_utf8_is_logged_as_valid_utf8(tmp_path):
+    from lgld.runtime.results import ResultLog
+
+    log = ResultLog(tmp_path / "r.jsonl")
+    try:
+        log.write({"file": "caf\udce9.jpg", "class": "Early"})  # os.listdir's name of b"caf\xe9"
+    finally:
+        log.close()
+    record = json.loads((tmp_path / "r.jsonl").read_bytes().decode("utf-8"))
+    assert record == {"file": "caf\ufffd.jpg", "class": "Early"}

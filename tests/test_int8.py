@@ -166,7 +166,9 @@ def test_lgld_run_precision_flag_picks_the_file_and_fails_clearly(tmp_path, tiny
     assert cli.main([*args, "--precision", "fast"]) != 0
 
 
+@pytest.mark.train
 def test_int8_export_gates_on_the_models_own_val_split_only(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
     from lgld.export import ExportError
     from lgld.export.quantize import split_items
     from lgld.training.data import Item, Split

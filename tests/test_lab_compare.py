@@ -8,13 +8,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from lgld.runtime.core.modelinfo import ModelInfo
-from lgld.runtime.core.preprocess import PreprocessSpec
-from lgld.training.compare import MIN_CELLS, main, mcnemar_p
+pytestmark = pytest.mark.train
+onnx = pytest.importorskip("onnx")
+
+from onnx import TensorProto, helper  # noqa: E402
+
+from lgld.runtime.core.modelinfo import ModelInfo  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
+from lgld.training.compare import MIN_CELLS, main, mcnemar_p  # noqa: E402
 
 BGR = {"red": (0, 0, 200), "green": (0, 200, 0), "blue": (200, 0, 0)}
 

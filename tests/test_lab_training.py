@@ -10,18 +10,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from lab_logs import WBC5, reviewed_session
 
-from lgld.lab.build import Options, Source, plan, write
-from lgld.models.checkpoint import save_checkpoint
-from lgld.models.lgld_net import LGLDNet, ModelConfig
-from lgld.runtime.core.preprocess import PreprocessSpec
-from lgld.training.cli import eval_main, train_main
-from lgld.training.data import DataError, Discovered, Item
-from lgld.training.groups import group_split
-from lgld.training.mix import mix_into, mixed_count
-from lgld.training.modelcard import _lab_section
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+
+from lgld.lab.build import Options, Source, plan, write  # noqa: E402
+from lgld.models.checkpoint import save_checkpoint  # noqa: E402
+from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
+from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
+from lgld.training.cli import eval_main, train_main  # noqa: E402
+from lgld.training.data import DataError, Discovered, Item  # noqa: E402
+from lgld.training.groups import group_split  # noqa: E402
+from lgld.training.mix import mix_into, mixed_count  # noqa: E402
+from lgld.training.modelcard import _lab_section  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from lgld.models.lgld_net import VARIANTS, LGLDNet, ModelConfig, count_parameters
-from lgld.models.macs import count_macs
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from lgld.models.lgld_net import VARIANTS, LGLDNet, ModelConfig, count_parameters  # noqa: E402
+from lgld.models.macs import count_macs  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # An independent reference written the straightforward way the paper describes (nn.Unfold

@@ -287,6 +287,38 @@ def test_roi_mode_classifies_the_roi_crop():
     assert np.array_equal(crops[0], frame_image[50:150, 100:200])
 
 
+def test_a_new_mode_is_a_stage_the_pipeline_runs_without_branches():
+    """A stage that counts bright frames: its region, gate, payload and answer are the
+    pipeline's result, and its frames are shown only once classified."""
+    from lgld.runtime.stages import Outcome
+
+    class BrightStage:
+        shows_classified_frames = True
+        use_lores = False
+        window = 0
+        session = None
+
+        def region(self, shape):
+            return 0, 0, shape[1] // 2, shape[0]
+
+        def prepare(self, frame, crop, quality):
+            return quality, float(crop.mean())
+
+        def classify(self, frame, quality, payload):
+            return Outcome("ok", "bright" if payload > 100 else "dark", 1.0,
+                           timing={"mean": round(payload, 1)})
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :30] = 200  # the left half, the stage's region
+    pipeline = Pipeline(ListSource([image] * 3, batch=True), FakeClassifier(), PipelineSettings(),
+                        stage=BrightStage())
+    result = pipeline.process(Frame(image, 0, 0.0, time.monotonic()))
+    assert result.region == (0, 0, 30, 40) and result.label == "bright"
+    assert result.timing == {"mean": 200.0} and result.window == 0
+    run_to_end(pipeline)
+    assert pipeline.hub.latest()[1] is not None and pipeline.stats.results == 4
+
+
 # -- camera loss -----------------------------------------------------------------------------------
 
 

@@ -10,15 +10,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from conftest import interrupt_after_first_epoch
 
-from lgld.training import loop
-from lgld.training.cli import train_main
-from lgld.training.data import DataError, discover, make_split
-from lgld.training.evaluate import summarise
-from lgld.training.metrics import compute_metrics, confusion_matrix, format_report
-from lgld.training.recipes import get_recipe
+pytestmark = pytest.mark.train
+torch = pytest.importorskip("torch")
+
+
+from lgld.training import loop  # noqa: E402
+from lgld.training.cli import train_main  # noqa: E402
+from lgld.training.data import DataError, discover, make_split  # noqa: E402
+from lgld.training.evaluate import summarise  # noqa: E402
+from lgld.training.metrics import compute_metrics, confusion_matrix, format_report  # noqa: E402
+from lgld.training.recipes import get_recipe  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "train_samples"  # 64x64 ALL fields
 

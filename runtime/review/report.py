@@ -522,15 +522,7 @@ def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
     )
 
 
-def render_html(log: SessionLog, session: Session, crops: CropFiles | None = None,
-                data: dict[str, Any] | None = None) -> str:
-    """The whole report as one self-contained HTML document (``data``: its summary, when the
-    caller already has it)."""
-    crops = crops or CropFiles(log)
-    data = data or summary(log, session, crops)
-    classes = data["classes"]
-    colours = class_colours(classes)
-    title = f"Differential count · {shown(session.sample or session.id)}"
+def _cards_html(session: Session, data: dict[str, Any]) -> str:
     target = session.target
     reached = target is not None and len(session.cells) >= target
     cards = [
@@ -541,10 +533,13 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
         ("cells / min", f'{data["cells_per_min"]:.1f}' if data["cells_per_min"] else "n/a"),
         ("corrections", f'{data["review"]["corrections"]}'),
     ]
-    cards_html = "".join(f'<div class="card"><div class="v">{escape(v)}</div>'
-                         f'<div class="k">{escape(k)}</div></div>' for k, v in cards)
+    return "".join(f'<div class="card"><div class="v">{escape(v)}</div>'
+                   f'<div class="k">{escape(k)}</div></div>' for k, v in cards)
+
+
+def _session_rows(session: Session, data: dict[str, Any]) -> list[tuple[str, str]]:
     state = "ended" if session.ended else "no session_end (ends at its last event)"
-    session_rows = [
+    rows = [
         ("session", f"<code>{_h(session.id)}</code>"),
         ("sample", _h(session.sample) or '<span class="muted">(no label)</span>'),
         ("start", escape(_fmt_time(session.start))),
@@ -553,22 +548,30 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
     ]
     ttt = data["time_to_target_s"]
     if ttt is not None:
-        session_rows.append(("time to target", _fmt_duration(ttt)))
+        rows.append(("time to target", _fmt_duration(ttt)))
     if data["counted_at_end"] is not None and data["counted_at_end"] != data["cells"]:
-        session_rows.append(("live count at end", f'{data["counted_at_end"]} '
-                             '<span class="muted">(differs from the cell events read)</span>'))
+        rows.append(("live count at end", f'{data["counted_at_end"]} '
+                     '<span class="muted">(differs from the cell events read)</span>'))
+    return rows
+
+
+def _review_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     review = data["review"]
-    review_rows = [
+    rows = [
         ("review events", str(review["events"])),
         ("cells reviewed", str(review["cells_reviewed"])),
         ("reclassified", str(review["corrections"] - review["rejected"])),
         ("rejected", str(review["rejected"])),
     ]
     if review["orphan_events"]:
-        review_rows.append(("reviews of unknown tracks", str(review["orphan_events"])))
+        rows.append(("reviews of unknown tracks", str(review["orphan_events"])))
+    return rows
 
+
+def _model_html(session: Session) -> str:
+    """The model's table and its card (when found beside the model file)."""
     model = session.model
-    model_rows = [
+    rows = [
         ("model", _h(model_label(model.path, model.precision)) if model.path else "unknown"),
         ("name", _h(model.name) or '<span class="muted">unknown</span>'),
         ("precision", _h(model.precision) or "unknown"),
@@ -577,32 +580,35 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
         ("classes", escape(", ".join(model.classes)) or "unknown"),
     ]
     card = find_model_card(session)
-    if card is not None:
-        path, text = card
-        heading = next((ln.lstrip("# ").strip() for ln in text.splitlines()
-                        if ln.startswith("# ")), path.name)
-        card_html = (f"<p>{escape(heading)}</p><details><summary>model card "
-                     f"<code>{escape(path.name)}</code></summary><pre>{escape(text)}</pre>"
-                     "</details>")
-    else:
-        card_html = '<p class="muted">Model card not found beside the model file.</p>'
-    if session.calibration:
-        cal_rows = [(str(k), escape(v if isinstance(v, str) else json.dumps(v)))
-                    for k, v in session.calibration.items()]
-        calibration_html = _kv_table(cal_rows)
-    else:
-        calibration_html = ('<p class="muted">No calibration recorded: the session ran with the '
-                            "configured defaults.</p>")
+    if card is None:
+        return _kv_table(rows) + '<p class="muted">Model card not found beside the model file.</p>'
+    path, text = card
+    heading = next((ln.lstrip("# ").strip() for ln in text.splitlines()
+                    if ln.startswith("# ")), path.name)
+    return (f"{_kv_table(rows)}<p>{escape(heading)}</p><details><summary>model card "
+            f"<code>{escape(path.name)}</code></summary><pre>{escape(text)}</pre></details>")
 
+
+def _calibration_html(session: Session) -> str:
+    if not session.calibration:
+        return ('<p class="muted">No calibration recorded: the session ran with the '
+                "configured defaults.</p>")
+    return _kv_table([(str(k), escape(v if isinstance(v, str) else json.dumps(v)))
+                      for k, v in session.calibration.items()])
+
+
+def _confidence_table(data: dict[str, Any]) -> str:
     by_class = data["confidence"]["by_class"]
-    conf_rows = "".join(
+    rows = "".join(
         f'<tr><td>{escape(name)}</td><td>{by_class[name]["mean"]:.3f}</td>'
         f'<td>{by_class[name]["min"]:.3f}</td></tr>'
-        for name in classes if name in by_class
+        for name in data["classes"] if name in by_class
     )
-    conf_table = ('<table class="counts"><thead><tr><th>model class</th><th>mean</th>'
-                  f'<th>lowest</th></tr></thead><tbody>{conf_rows}</tbody></table>')
+    return ('<table class="counts"><thead><tr><th>model class</th><th>mean</th>'
+            f'<th>lowest</th></tr></thead><tbody>{rows}</tbody></table>')
 
+
+def _log_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     crop_counts = data["crops"]
     crop_note = f'{crop_counts["found"]} crops found'
     if crop_counts["missing"]:
@@ -611,7 +617,7 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
         crop_note += f', {crop_counts["none"]} cells without a saved crop'
     logd = data["log"]
     files = ", ".join(Path(f).name for f in logd["files"])
-    log_rows = [
+    return [
         ("log", f"<code>{escape(logd['path'])}</code>"),
         ("files read", escape(files)),
         ("lines", str(logd["lines"])),
@@ -620,6 +626,18 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
         ("sessions in log", str(len(logd["sessions"]))),
         ("crops", crop_note),
     ]
+
+
+def render_html(log: SessionLog, session: Session, crops: CropFiles | None = None,
+                data: dict[str, Any] | None = None) -> str:
+    """The whole report as one self-contained HTML document (``data``: its summary, when the
+    caller already has it)."""
+    crops = crops or CropFiles(log)
+    data = data or summary(log, session, crops)
+    classes = data["classes"]
+    colours = class_colours(classes)
+    title = f"Differential count · {shown(session.sample or session.id)}"
+    model = session.model
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return utf8_safe(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -630,26 +648,26 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
 <p class="sub">Session <code>{_h(session.id)}</code> · {escape(_fmt_time(session.start))}
  · model {_h(model.name or 'unknown')} ({_h(model.precision or '?')})</p>
 <p class="warn">Research and education software, not a diagnostic device.</p></header>
-<div class="cards">{cards_html}</div>
+<div class="cards">{_cards_html(session, data)}</div>
 <h2>Differential count</h2>
 <div class="two wide"><div>{_counts_table(data, colours)}</div>
 <div>{bar_chart(classes, data["model_counts"], data["reviewed_counts"], colours)}</div></div>
 <p class="muted">Model: every counted cell as classified live. Reviewed: after the operator's
 corrections (the last review of a cell wins; rejected artefacts leave the count).
 Percentages are of each column's total.</p>
-<div class="two"><div><h2>Session</h2>{_kv_table(session_rows)}</div>
-<div><h2>Review</h2>{_kv_table(review_rows)}</div></div>
+<div class="two"><div><h2>Session</h2>{_kv_table(_session_rows(session, data))}</div>
+<div><h2>Review</h2>{_kv_table(_review_rows(data))}</div></div>
 <h2>Confidence</h2>
 <div class="two"><div>{histogram_chart(data["confidence"]["histogram"])}
 <p class="muted">Counted cells per confidence bin (mean class probability of the track).</p>
-</div><div>{conf_table}</div></div>
-<div class="two"><div><h2>Model</h2>{_kv_table(model_rows)}{card_html}</div>
-<div><h2>Calibration</h2>{calibration_html}</div></div>
+</div><div>{_confidence_table(data)}</div></div>
+<div class="two"><div><h2>Model</h2>{_model_html(session)}</div>
+<div><h2>Calibration</h2>{_calibration_html(session)}</div></div>
 <h2>Cells</h2>
 <p class="muted">Grouped by reviewed class, least confident first; frame colour = class,
 caption = track and confidence.</p>
 {galleries(crops, session, colours)}
-<h2>Source</h2>{_kv_table(log_rows)}
+<h2>Source</h2>{_kv_table(_log_rows(data))}
 <footer>Generated {generated} by lgld-report {escape(data["lgld_version"])} from the JSONL log
 alone.</footer>
 </main></body></html>

@@ -44,7 +44,7 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def _wait(url: str, ok, timeout: float = 40.0) -> dict:
+def _wait(url: str, ok, timeout: float = 120.0) -> dict:  # generous: shared CI cores
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lgld.bench.inputs import sample_images
-from lgld.bench.macs import onnx_macs
+from lgld.bench.onnx_macs import onnx_macs
 from lgld.bench.timing import in_fresh_process, percentile, time_interleaved
 from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.preprocess import preprocess

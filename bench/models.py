@@ -16,7 +16,7 @@ from typing import Any
 
 from lgld.bench import BenchError
 from lgld.bench.machine import torch_or_none
-from lgld.bench.macs import onnx_macs
+from lgld.bench.onnx_macs import onnx_macs
 from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import ModelInfo

@@ -23,6 +23,7 @@ import threading
 import time
 import types
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Future
 from importlib import metadata
 from pathlib import Path
@@ -189,6 +190,17 @@ def interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop.Trainer, "_save", save_then_interrupt)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread during the test (restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def free_port() -> int:

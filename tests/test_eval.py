@@ -5,23 +5,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.train
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 import torch.nn.functional as F  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
+from colour_models import colour_folder, colour_model  # noqa: E402
 
 from lgld.models.checkpoint import save_checkpoint  # noqa: E402
 from lgld.models.lgld_net import LGLDNet, ModelConfig  # noqa: E402
-from lgld.runtime.core.modelinfo import ModelInfo  # noqa: E402
 from lgld.runtime.core.preprocess import PreprocessSpec, preprocess_batch, read_image  # noqa: E402
 from lgld.training.data import discover, make_split  # noqa: E402
 from lgld.training.evaluate import main  # noqa: E402
@@ -30,14 +28,6 @@ from lgld.training.perturb import PERTURBATIONS, SEVERITIES, conditions, perturb
 DATA = Path(__file__).resolve().parent / "data" / "zoo_samples"  # bundled samples
 WBC5 = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_eval(argv: list[str]) -> int:
@@ -106,36 +96,6 @@ def models(wbc_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     finally:
         torch.set_num_threads(threads)
     return d / "m.pt", d / "m.onnx"
-
-
-def colour_model(path: Path, classes: list[str], size: int = 8) -> Path:
-    """A hand-made lgld ONNX model: logits = mean R, G, B (fixed batch 1). It predicts an
-    image's dominant colour, so its results on solid-colour folders are known exactly."""
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])
-    node = helper.make_node("ReduceMean", ["input"], ["logits"], axes=[2, 3], keepdims=0)
-    model = helper.make_model(helper.make_graph([node], "colour", [inp], [out]),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    meta = ModelInfo(classes=classes, preprocess=PreprocessSpec(input_size=size)).to_metadata()
-    for k, v in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(model, str(path))
-    return path
-
-
-BGR = {"red": (0, 0, 200), "green": (0, 200, 0), "blue": (200, 0, 0), "purple": (200, 0, 200)}
-
-
-def colour_folder(root: Path, names: list[str], n: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    for name in names:
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            img = np.clip(np.array(BGR[name]) + rng.integers(0, 40, (12, 14, 3)), 0, 255)
-            cv2.imwrite(str(root / name / f"{i}.png"), img.astype(np.uint8))
-    return root
 
 
 # ---------------------------------------------------------------- .pt vs .onnx

@@ -6,47 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.train
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 
-from onnx import TensorProto, helper  # noqa: E402
+from colour_models import RGB, colour_folder, colour_model  # noqa: E402
 
-from lgld.runtime.core.modelinfo import ModelInfo  # noqa: E402
-from lgld.runtime.core.preprocess import PreprocessSpec  # noqa: E402
 from lgld.training.compare import MIN_CELLS, main, mcnemar_p  # noqa: E402
-
-BGR = {"red": (0, 0, 200), "green": (0, 200, 0), "blue": (200, 0, 0)}
-
-
-def colour_model(path: Path, classes: list[str], size: int = 8) -> Path:
-    """logits = mean R, G, B: with classes [red, green, blue] it names an image's dominant
-    colour; with the names permuted it is wrong in a known way."""
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
-    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])
-    node = helper.make_node("ReduceMean", ["input"], ["logits"], axes=[2, 3], keepdims=0)
-    model = helper.make_model(helper.make_graph([node], "colour", [inp], [out]),
-                              opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    for k, v in ModelInfo(classes=classes,
-                          preprocess=PreprocessSpec(input_size=size)).to_metadata().items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(model, str(path))
-    return path
-
-
-def colour_folder(root: Path, n: int) -> Path:
-    rng = np.random.default_rng(0)
-    for name, bgr in BGR.items():
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            img = np.clip(np.array(bgr) + rng.integers(0, 40, (12, 14, 3)), 0, 255)
-            cv2.imwrite(str(root / name / f"{i}.png"), img.astype(np.uint8))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +27,7 @@ def models(tmp_path_factory) -> tuple[Path, Path]:
 def compare(tmp_path: Path, new: Path, current: Path, n: int, capsys) -> tuple[str, dict]:
     data = tmp_path / f"data{n}"
     if not data.exists():
-        colour_folder(data, n)
+        colour_folder(data, RGB, n)
     js = tmp_path / f"cmp{n}-{new.stem}.json"
     assert main(["--model", str(new), "--compare", str(current), "--data", str(data),
                  "--json", str(js), "--threads", "1"]) == 0
@@ -107,7 +74,7 @@ def test_a_small_held_out_set_is_said_to_be_too_small(models, tmp_path, capsys):
 def test_classes_without_held_out_cells_are_named_in_the_recommendation(models, tmp_path,
                                                                         capsys):
     right, swapped = models
-    data = colour_folder(tmp_path / "rg", 12)
+    data = colour_folder(tmp_path / "rg", RGB, 12)
     for f in (data / "blue").iterdir():
         f.unlink()
     (data / "blue").rmdir()
@@ -134,7 +101,7 @@ def test_mcnemar_p_is_the_exact_two_sided_binomial_tail():
 def test_models_of_different_tasks_are_refused_in_one_line(models, tmp_path, capsys):
     right, _ = models
     other = colour_model(tmp_path / "other.onnx", ["cyan", "magenta", "yellow"])
-    data = colour_folder(tmp_path / "d", 2)
+    data = colour_folder(tmp_path / "d", RGB, 2)
     assert main(["--model", str(right), "--compare", str(other), "--data", str(data)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "different classes" in err
@@ -145,7 +112,7 @@ def test_models_of_different_tasks_are_refused_in_one_line(models, tmp_path, cap
 
 def test_compare_checks_the_options_lgld_eval_checks(models, tmp_path, capsys):
     right, _ = models
-    data = colour_folder(tmp_path / "d", 2)
+    data = colour_folder(tmp_path / "d", RGB, 2)
     for flag, value in (("--threads", "0"), ("--limit-per-class", "0"), ("--batch-size", "0")):
         assert main(["--model", str(right), "--compare", str(right), "--data", str(data),
                      flag, value]) == 1  # a bad value: 1 (2 is a bad command line)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from lab_logs import WBC5, reviewed_session
 
-pytestmark = pytest.mark.train
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("one_torch_thread")]
 torch = pytest.importorskip("torch")
 
 from lgld.lab.build import Options, Source, plan, write  # noqa: E402
@@ -24,14 +23,6 @@ from lgld.training.data import DataError, Discovered, Item  # noqa: E402
 from lgld.training.groups import group_split  # noqa: E402
 from lgld.training.mix import mix_into, mixed_count  # noqa: E402
 from lgld.training.modelcard import _lab_section  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def grouped_items(cells_per_class: int = 10, classes=("a", "b")) -> tuple[list[Item], dict]:

@@ -113,8 +113,10 @@ while len(gallery.get("cells") or []) < 2:
 first, second = gallery["cells"][:2]
 other = next(c for c in gallery["review_classes"]
              if c not in (first["model_class"], second["model_class"]))
-call("/api/review", {"track": first["track"], "action": "confirm"})
-call("/api/review", {"track": second["track"], "action": "reclassify", "class": other})
+sid = gallery["session"]  # a review names its session (409 for a stale page's)
+call("/api/review", {"session": sid, "track": first["track"], "action": "confirm"})
+call("/api/review", {"session": sid, "track": second["track"], "action": "reclassify",
+                     "class": other})
 print(f"review: track {first['track']} confirmed, track {second['track']} -> {other}")
 EOF
 wait "$pid" || { tail -n 15 cells.out; fail "lgld-run --mode cells exited non-zero"; }

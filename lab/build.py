@@ -1,6 +1,6 @@
 """Build an ImageFolder data set from reviewed cell-mode sessions (the lab's own microscope).
 
-Reads logs with :mod:`lgld.runtime.review.sessionlog` (reviews applied there), picks each
+Reads logs with :mod:`lgld.runtime.core.countlog` (reviews applied there), picks each
 counted cell's saved crop, labels it by its review (confirm keeps the model's class, reclassify
 gives the reviewer's, reject leaves it out) and, only when asked, by the model's own confident
 class (marked ``"label_source": "model"`` in the manifest). Everything is checked before
@@ -34,6 +34,13 @@ import cv2
 import numpy as np
 
 from lgld.lab.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from lgld.runtime.core.countlog import (
+    UNCLASSIFIED,
+    Cell,
+    Session,
+    SessionLogError,
+    read_log,
+)
 from lgld.runtime.core.files import IMAGE_SUFFIXES
 from lgld.runtime.core.untrusted import (
     UntrustedError,
@@ -44,13 +51,6 @@ from lgld.runtime.core.untrusted import (
     utf8_safe,
 )
 from lgld.runtime.review.report import MAX_CROP_BYTES, MAX_PIXELS, crop_file
-from lgld.runtime.review.sessionlog import (
-    UNCLASSIFIED,
-    Cell,
-    Session,
-    SessionLogError,
-    read_log,
-)
 
 
 class DatasetError(ValueError):

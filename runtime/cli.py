@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -335,8 +334,7 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
-                review = (ReviewDesk(result_log.path, result_log.write,
-                                     partial(cells.recount, result_log.path))
+                review = (ReviewDesk(cells)
                           if cells is not None and result_log is not None else None)
                 server.start(App(
                     pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
@@ -424,12 +422,11 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
     session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
                            c.crops_dir or None, cfg.log.path or None,
                            crop_budget=budget.added if budget else None)
-    resumed = bool(tracking and c.resume and result_log and session.resume(result_log.path))
+    resumed = session.open(result_log.path if result_log else None,
+                           resume=tracking and c.resume)
     if resumed and c.sample and c.sample != session.sample:
         session.start(c.sample)  # another sample is another count: the open one ends here
         resumed = False
-    if not resumed:
-        session.start()
     return session, resumed
 
 

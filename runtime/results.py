@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lgld.runtime.config import LogSection
+from lgld.runtime.core.countlog import FRAME
 from lgld.runtime.core.strictjson import dumps
 from lgld.runtime.core.untrusted import utf8_safe
 from lgld.runtime.geometry import Region
@@ -90,9 +91,9 @@ class Result:
         }
         if self.name is not None:
             record["file"] = self.name
-        if self.cells is not None:  # cell mode: a "frame" event (docs/cells.md)
-            record.update(event="frame", time=record["ts"], session=self.session,
-                          cells=self.cells, **(self.timing or {}))
+        if self.cells is not None:  # cell mode: a "frame" event (docs/log-format.md)
+            record.update(event=FRAME, session=self.session, cells=self.cells,
+                          **(self.timing or {}))
         return record
 
 

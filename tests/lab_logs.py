@@ -1,5 +1,5 @@
-"""Small cell-mode logs with real crop files on disk, for the lab-loop tests (CELLS_SCHEMA.md
-events: session_start, cell, review, session_end)."""
+"""Small cell-mode logs with real crop files on disk, for the lab-loop tests (docs/log-format.md
+events, format 1: session_start, cell, review, session_end)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Synthetic cell-mode JSONL logs for the review/report tests, following coord's CELLS_SCHEMA
-(session_start, frame, cell, review, session_end), with real PBC crops from tests/data.
+"""Synthetic cell-mode JSONL logs for the review/report tests, in log format 1
+(docs/log-format.md: session_start, frame, cell, review, session_end, with ``time``, which
+format 2 still reads), with real PBC crops from tests/data.
 
 ``LogBuilder`` keeps every event it wrote (``events``), so a test computes the expected counts
 from the events themselves, not from the reader under test.

@@ -13,8 +13,7 @@ from conftest import read_jsonl
 
 from lgld.lab.cli import main as dataset_main
 from lgld.runtime import cli
-from lgld.runtime.review.live import review_record
-from lgld.runtime.review.sessionlog import read_log
+from lgld.runtime.core.countlog import check_review, read_log
 
 BCCD = Path(__file__).resolve().parent / "data" / "bccd" / "images"
 COMMON = ["--model", "wbc5-128", "--mode", "cells", "--preview", "off", "--threads", "1",
@@ -48,9 +47,10 @@ def test_counted_cells_keep_crop_and_context_and_become_a_data_set_after_review(
         for i, cell in enumerate(session.cells):
             body = ({"track": cell.track, "action": "reject"} if i == 0 else
                     {"track": cell.track, "action": "reclassify", "class": "Neutrophil"})
-            fh.write(json.dumps(review_record(session, body)) + "\n")
-        extra = {"track": session.cells[1].track, "action": "reclassify", "class": "Lymphocyte"}
-        fh.write(json.dumps(review_record(session, extra)) + "\n")  # the last review wins
+            fh.write(json.dumps(check_review(session, {"session": session.id, **body})) + "\n")
+        extra = {"session": session.id, "track": session.cells[1].track,
+                 "action": "reclassify", "class": "Lymphocyte"}
+        fh.write(json.dumps(check_review(session, extra)) + "\n")  # the last review wins
     out = tmp_path / "lab-data"
     assert dataset_main([str(log), "-o", str(out), "--min-per-class", "1"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from conftest import FakeClassifier
-from review_logs import LogBuilder, expected_reviewed
+from review_logs import WBC5, LogBuilder, expected_reviewed
 
+from lgld.runtime.cells.session import CountSession
+from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.config import TrustSection
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
@@ -18,6 +20,15 @@ from lgld.runtime.results import ResultLog
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources.demo import DemoSource
 from lgld.runtime.web import App, HttpServer
+
+
+class WhiteCellModel:
+    """The classifier surface the count session's stage uses (never called here)."""
+
+    classes = WBC5
+
+    class info:  # noqa: N801 - mirrors OnnxClassifier.info
+        input_size = 32
 
 
 def _serve(review):
@@ -39,7 +50,9 @@ def served(tmp_path):
     b.cell("Monocyte", confidence=0.66)
     path = b.write()
     writer = ResultLog(path)
-    server, pipeline = _serve(ReviewDesk(path, writer.write))
+    count = CountSession(CellStage(WhiteCellModel()), writer.write, log_path=path)
+    count.open(path)  # a restart: the log's last session continues
+    server, pipeline = _serve(ReviewDesk(count))
     yield server, b, path
     server.close()
     writer.close()
@@ -66,11 +79,15 @@ def test_the_gallery_reviews_crops_and_report_of_the_current_session(served):
     _, _, body = call(server, "/api/review")
     gallery = json.loads(body)
     assert gallery["sample"] == "web" and [c["track"] for c in gallery["cells"]] == [1, 2, 3]
-    _, _, body = call(server, "/api/review", {"track": 1, "action": "reclassify",
-                                               "class": "Eosinophil"})
-    _, _, body = call(server, "/api/review", {"track": 3, "action": "reject"})
+    sid = gallery["session"]
+    _, _, body = call(server, "/api/review", {"session": sid, "track": 1,
+                                               "action": "reclassify", "class": "Eosinophil"})
+    _, _, body = call(server, "/api/review", {"session": sid, "track": 3, "action": "reject"})
     after = json.loads(body)
     assert after["reviewed_total"] == 2 and after["reviewed_counts"]["Eosinophil"] == 1
+    assert after["cell"] == {"track": 3, "model_class": "Monocyte", "class": None,
+                             "confidence": 0.66, "review": "reject", "crop": True}
+    assert "cells" not in after  # the answer is O(1): the page updates its gallery in place
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert {k: v for k, v in after["reviewed_counts"].items() if v} == expected_reviewed(
         events, b.session)
@@ -91,10 +108,19 @@ def test_bad_review_requests_get_one_line_errors_and_log_nothing(served):
     server, _, path = served
     before = path.read_bytes()
     assert status_of(server, "/api/review", b"{not json") == (400, "the body is not JSON")
-    assert status_of(server, "/api/review", {"track": 9, "action": "reject"})[0] == 404
-    assert status_of(server, "/api/review", {"track": 1, "action": "reclassify",
-                                             "class": "Platelet"})[0] == 400
-    assert status_of(server, "/api/review/crop?track=../../x")[0] == 404
+    sid = json.loads(call(server, "/api/review")[2])["session"]
+    assert status_of(server, "/api/review", {"session": sid, "track": 9,
+                                             "action": "reject"})[0] == 404
+    assert status_of(server, "/api/review", {"session": sid, "track": 1,
+                                             "action": "reclassify", "class": "Platelet"})[0] == 400
+    code, message = status_of(server, "/api/review", {"session": "20260101-000000-0000",
+                                                      "track": 1, "action": "reject"})
+    assert code == 409 and "reload the page" in message  # a stale page
+    assert status_of(server, "/api/review", {"session": sid, "track": True,
+                                             "action": "reject"})[0] == 400
+    assert status_of(server, "/api/review/crop?track=../../x")[0] == 400
+    deep = b"[" * 60_000  # nested past the parser's recursion limit: a 400, not a dropped call
+    assert status_of(server, "/api/review", deep) == (400, "the body is not JSON")
     assert path.read_bytes() == before
 
 

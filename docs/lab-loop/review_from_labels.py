@@ -6,7 +6,7 @@ For each counted cell of the log's last session: find its image (the frame recor
 and the label-file row whose box overlaps the cell's box best (IoU >= 0.3). A sure or probable
 label confirms the model's class or reclassifies the cell; an unsure row leaves the cell
 unreviewed; a cell that matches no labelled white cell is rejected (an artefact or a red-cell
-clump). The review events go through the page's own check (``review_record``) and are appended
+clump). The review events go through the page's own check (``check_review``) and are appended
 to the log, exactly the lines the page's review buttons write. Prints what it did.
 """
 
@@ -18,8 +18,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from lgld.runtime.review.live import review_record
-from lgld.runtime.review.sessionlog import read_log
+from lgld.runtime.core.countlog import check_review, read_log
 
 MIN_IOU = 0.3
 
@@ -73,7 +72,7 @@ def main(argv: list[str]) -> int:
             body = {"track": cell.track, "action": "confirm"}
         else:
             body = {"track": cell.track, "action": "reclassify", "class": best["label"]}
-        events.append(review_record(session, body))
+        events.append(check_review(session, {"session": session.id, **body}))
         done[body["action"]] += 1
     with open(log_path, "a", encoding="utf-8") as fh:
         fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)

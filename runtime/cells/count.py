@@ -36,6 +36,15 @@ class DifferentialCount:
         for label in labels:
             self.add(label)
 
+    def move(self, old: str | None, new: str | None) -> None:
+        """One counted cell changes class (a review): out of ``old``, into ``new``; None is
+        no class (a rejected cell)."""
+        with self._lock:
+            if old is not None:
+                self._counts[old if old in self._counts else UNCLASSIFIED] -= 1
+            if new is not None:
+                self._counts[new if new in self._counts else UNCLASSIFIED] += 1
+
     def reset(self) -> None:
         with self._lock:
             for k in self._counts:

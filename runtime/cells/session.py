@@ -1,90 +1,57 @@
-"""A differential-count session: its log events, counted-cell crops, and resuming it from the log.
+"""A differential-count session: its lifecycle, the events it logs, reviews, and resuming it.
 
-Events (docs/cells.md, agreed in CELLS_SCHEMA.md): ``session_start`` when a count starts,
-one ``cell`` per counted cell, ``session_end`` when the next one starts or the run ends. The
-frame records themselves are written by the pipeline's log listener. Because every counted
-cell is one line in the log, a restart continues the last session where it stopped
-(:meth:`CountSession.resume`), with reviews from the page applied (the last one per track).
+The events are those of docs/log-format.md: ``session_start`` when a count starts, one
+``cell`` per counted cell, ``review`` corrections from the page, ``session_end`` when the next
+one starts or the run ends (the frame records are written by the pipeline's log listener).
+Every record this writes is also folded into an in-memory replay of the current session (the
+same :class:`~lgld.runtime.core.countlog.SessionReader` that resume, ``lgld-report`` and
+``lgld-dataset`` read the log with), so a review costs O(1) under the counting lock and the
+live count, a restart and the report always agree. The log is read once, at start-up.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from lgld.runtime.cells.countcrops import CountedCrops
 from lgld.runtime.cells.stage import CellFrame, CellInput, CellStage
-from lgld.runtime.cells.track import UNCLASSIFIED, CountedCell
-from lgld.runtime.core.jsonlog import read_records
+from lgld.runtime.core.countlog import (
+    FRAME,
+    TIME_KEY,
+    UNCLASSIFIED,
+    Cell,
+    ReviewError,
+    Session,
+    SessionLog,
+    SessionReader,
+    cell_record,
+    check_review,
+    now_iso,
+    parse_track,
+    replay,
+    session_end_record,
+    session_start_record,
+)
+from lgld.runtime.core.files import log_files
+from lgld.runtime.core.strictjson import dumps
 
 log = logging.getLogger("lgld.runtime")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def new_session_id() -> str:
     """YYYYmmdd-HHMMSS-xxxx: the start time plus 4 random hex digits."""
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
-@dataclass
-class _LoggedSession:
-    """The last count session of a log: its cells and the last review of each track."""
-
-    id: str
-    sample: str = ""
-    cells: list[dict[str, Any]] = field(default_factory=list)
-    reviews: dict[Any, dict[str, Any]] = field(default_factory=dict)
-    ended: bool = False
-
-    @property
-    def top_track(self) -> int:
-        return max((c["track"] for c in self.cells if isinstance(c.get("track"), int)), default=0)
-
-    def reviewed_labels(self) -> list[str]:
-        """Each counted cell's label after review (rejected cells left out)."""
-        labels = []
-        for cell in self.cells:
-            label = str(cell.get("class") or UNCLASSIFIED)
-            review = self.reviews.get(cell.get("track"))
-            if review is not None and review.get("action") == "reject":
-                continue
-            if review is not None and review.get("action") == "reclassify":
-                label = str(review.get("class") or label)
-            labels.append(label)
-        return labels
-
-
-def _last_session(log_path: str | os.PathLike) -> _LoggedSession | None:
-    """The log's last count session (None when it has none)."""
-    last: _LoggedSession | None = None
-    ended: set[str] = set()
-    for r in read_records(log_path):
-        event = r.get("event")
-        if event == "session_start" and isinstance(r.get("session"), str):
-            last = _LoggedSession(r["session"], str(r.get("sample") or ""))
-        elif event == "session_end":
-            ended.add(str(r.get("session")))
-        elif last is not None and r.get("session") == last.id:
-            if event == "cell":
-                last.cells.append(r)
-            elif event == "review":
-                last.reviews[r.get("track")] = r
-    if last is not None:
-        last.ended = last.id in ended
-    return last
 
 
 class CountSession:
@@ -105,85 +72,116 @@ class CountSession:
         self.write = write
         self.model = model or {}
         self.sample = sample
-        self.crops_dir = Path(crops_dir).expanduser() if crops_dir else None
-        self.log_dir = Path(log_path).expanduser().resolve().parent if log_path else None
+        self.log_path = Path(log_path).expanduser() if log_path else None
+        self.crops = CountedCrops(crops_dir, log_path, crop_budget)
         self.calibration = calibration
-        self.crop_budget = crop_budget  # told about every saved file (CropBudget.added)
         self.id: str | None = None
         self.started = 0.0
-        self._lock = threading.RLock()
+        self._replay = SessionReader()  # the current session, from the records written
+        self._stage_lock = threading.RLock()  # the stage: classifying, tracking, resetting
+        self._lock = threading.RLock()  # the replay and the log writes (taken after the above)
 
     # -- sessions ------------------------------------------------------------------------------
 
     def start(self, sample: str | None = None) -> str:
         """End the current session (if any) and start a new, empty count."""
-        with self._lock:
+        with self._stage_lock, self._lock:
             self.end()
             if sample is not None:
                 self.sample = sample
             self.stage.reset()
             self.id = new_session_id()
             self.started = time.time()
-            self._emit({"event": "session_start", "session": self.id, "time": now_iso(),
-                        "sample": self.sample, "model": self.model,
-                        "calibration": self.calibration, "target": self.stage.count.target})
+            self._replay.keep_only(None)
+            self._emit(session_start_record(self.id, self.sample, self.model, self.calibration,
+                                            self.stage.count.target))
             return self.id
 
     def end(self) -> None:
         """Write session_end for the current session (idempotent)."""
         with self._lock:
             if self.id is not None:
-                self._emit({"event": "session_end", "session": self.id, "time": now_iso(),
-                            "counted": self.stage.count.total})
+                self._emit(session_end_record(self.id, self.stage.count.total))
                 self.id = None
+
+    def open(self, log_path: str | os.PathLike | None, resume: bool = True) -> bool:
+        """Read the log once at start-up: new tracks get ids above every id it holds (a stale
+        page's track never names a new cell), and its last session is continued when
+        ``resume`` and it did not end, else a new session starts. True when resumed."""
+        if log_path is not None and self._adopt(log_path, resume):
+            return True
+        self.start()
+        return False
 
     def resume(self, log_path: str | os.PathLike) -> bool:
         """Continue the last session of the log when it did not end; True when resumed."""
-        last = _last_session(log_path)
-        if last is None or last.ended:
+        return self._adopt(log_path, True)
+
+    def _adopt(self, log_path: str | os.PathLike, resume: bool) -> bool:
+        try:
+            logged = replay(log_path)
+        except OSError as exc:
+            log.warning("cannot read the log %s (%s): the count starts afresh", log_path,
+                        exc.strerror or exc)
             return False
-        with self._lock:
-            self.stage.reset()
-            self.stage.count.add_all(last.reviewed_labels())
+        if logged.skipped:
+            log.warning("%s: %d unreadable or invalid lines skipped", log_path, logged.skipped)
+        last = logged.current()
+        with self._stage_lock, self._lock:
             if self.stage.tracker is not None:
-                self.stage.tracker.reset(next_id=last.top_track + 1)
+                self.stage.tracker.reset()
+                self.stage.tracker.continue_after(logged.top_track())
+            if not resume or last is None or last.ended:
+                return False
+            self.stage.count.reset()
+            self.stage.count.add_all(last.reviewed_labels())
+            self._replay = _holding(logged, last)
             self.id, self.sample, self.started = last.id, last.sample, time.time()
         log.info("resumed count session %s: %d cells counted", last.id, self.stage.count.total)
         return True
 
-    def recount(self, log_path: str | os.PathLike) -> None:
-        """Re-derive the running count of the current session from the log with its reviews
-        applied, so the live count panel shows the reviewed counts right after a correction.
-        The log is read under the lock that also guards counting, so no counted cell is missed."""
-        with self._lock:
-            last = _last_session(log_path)
-            if last is None or last.id != self.id:
-                return
-            self.stage.count.reset()
-            self.stage.count.add_all(last.reviewed_labels())
-
-    # -- frames --------------------------------------------------------------------------------
+    # -- frames and reviews --------------------------------------------------------------------
 
     def process(self, prepared: CellInput, image: np.ndarray, now: float,
                 frame_index: int) -> CellFrame:
-        """Classify, track and count one prepared frame; log each counted cell."""
-        with self._lock:
+        """Classify, track and count one prepared frame; log each counted cell. The model call
+        and the crops' disk writes hold only the stage's lock, never the one reviews take."""
+        with self._stage_lock:
             if self.id is None:
                 self.start()
+            sid = self.id
             result = self.stage.classify(prepared, image, now)
-            for counted, crop in zip(result.counted, result.crops, strict=True):
-                crop_path, context_path = self._save_crop(counted, crop, frame_index, image)
-                self._emit({
-                    "event": "cell", "session": self.id, "time": now_iso(),
-                    "track": counted.track if counted.track >= 0 else None,
-                    "class": counted.label, "confidence": round(counted.confidence, 4),
-                    "probs": counted.probs, "frames_seen": counted.frames_seen,
-                    "box": list(counted.box), "frame": frame_index, "crop": crop_path,
-                    "context": context_path,
-                })
-            for warning in result.warnings:
-                log.warning("frame %d: %s", frame_index, warning)
-            return result
+            saved = [self.crops.save(sid, counted, crop, frame_index, image)
+                     for counted, crop in zip(result.counted, result.crops, strict=True)]
+            with self._lock:
+                for counted, (crop_path, context_path) in zip(result.counted, saved,
+                                                              strict=True):
+                    self._emit(cell_record(
+                        sid, counted.track if counted.track >= 0 else None, counted.label,
+                        counted.confidence, counted.probs, counted.frames_seen, counted.box,
+                        frame_index, crop_path, context_path))
+                # the pipeline's log listener writes this frame's record; the replay counts it
+                self._replay.apply({"event": FRAME, "session": sid, TIME_KEY: now_iso()})
+        for warning in result.warnings:
+            log.warning("frame %d: %s", frame_index, warning)
+        return result
+
+    def review(self, body: Any) -> Cell:
+        """Check and log one review from the page (``{"session", "track", "action", "class"}``)
+        and move the live count with it: O(1), the log is not read. The reviewed cell;
+        ReviewError when refused (409 for another session than the current one: a stale page)."""
+        with self._lock:
+            session = self._current()
+            logged = session.model.classes  # a resumed session's model, as its log says
+            record = check_review(session, body, [
+                c for c in self.stage.classes if c != UNCLASSIFIED and (not logged or c in logged)])
+            before = self._cell(session, record["track"]).reviewed_class
+            self._emit(record)
+            cell = self._cell(session, record["track"])
+            self.stage.count.move(before, cell.reviewed_class)
+            return cell
+
+    # -- views ---------------------------------------------------------------------------------
 
     def count(self) -> dict[str, Any]:
         """/api/count: the counts plus the session they belong to."""
@@ -191,56 +189,52 @@ class CountSession:
         state.update(session=self.id, sample=self.sample)
         return state
 
+    def view(self, files: bool = True) -> SessionLog | None:
+        """The current session as the review page shows it: a still copy (no file is read
+        under the counting lock), with the log's files listed when ``files``; None before the
+        first session."""
+        with self._lock:
+            if self.id is None:
+                return None
+            session = self._current().still()
+            r = self._replay
+            lines, skipped, other = r.lines, r.skipped, r.other
+        path = self.log_path or Path("results.jsonl")
+        listed = log_files(path) if files and self.log_path else []
+        return SessionLog(path, listed, [session], lines, skipped, other, session.id)
+
+    def cell(self, track: Any) -> Cell:
+        """A counted cell of the current session, named by its track."""
+        track = parse_track(track)
+        with self._lock:
+            return self._cell(self._current(), track)
+
     # -- helpers -------------------------------------------------------------------------------
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _current(self) -> Session:
+        if self.id is None:
+            raise ReviewError("no count session yet", 409)
+        return self._replay.session(self.id)
+
+    @staticmethod
+    def _cell(session: Session, track: int) -> Cell:
+        cell = session.cell_of(track)
+        if cell is None:
+            raise ReviewError(f"track {track} is not a counted cell of session {session.id}", 404)
+        return cell
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        """Write a record and fold it into the replay exactly as the log will hold it."""
+        line = dumps(record, ensure_ascii=False, separators=(",", ":"))
         if self.write is not None:
-            self.write(event)
-
-    def _save_crop(self, counted: CountedCell, crop: np.ndarray, frame: int,
-                   image: np.ndarray) -> tuple[str | None, str | None]:
-        """Save the cell's crop (full resolution) and a context thumbnail of the whole frame
-        with the cell boxed; their paths as logged (relative to the log's folder)."""
-        if self.crops_dir is None:
-            return None, None
-        folder = self.crops_dir / f"cells-{self.id}"
-        who = f"t{counted.track}" if counted.track >= 0 else f"c{counted.detection_index}"
-        stem = f"f{frame}-{who}-{counted.label}"
-        saved: list[Path] = []
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, picture, quality in ((f"{stem}.jpg", crop, 90),
-                                           (f"{stem}.context.jpg", context_thumbnail(
-                                               image, counted.box), 80)):
-                ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
-                if not ok:
-                    break
-                (folder / name).write_bytes(data.tobytes())
-                saved.append(folder / name)
-        except OSError as exc:
-            log.warning("cannot save the crop of a counted cell in %s: %s", folder, exc.strerror)
-        if self.crop_budget is not None and saved:
-            self.crop_budget(*saved)
-        paths = [self._logged_path(p) for p in saved] + [None, None]
-        return paths[0], paths[1]
-
-    def _logged_path(self, path: Path) -> str:
-        path = path.resolve()
-        if self.log_dir is not None:
-            return os.path.relpath(path, self.log_dir)
-        return str(path)
+            self.write(record)
+        self._replay.apply(json.loads(line))
 
 
-#: Width of the whole-frame context thumbnail kept with each counted cell's crop.
-CONTEXT_WIDTH = 320
-
-
-def context_thumbnail(image: np.ndarray, box: Any) -> np.ndarray:
-    """The whole frame, CONTEXT_WIDTH wide, with the cell's box drawn (for the reviewer)."""
-    h, w = image.shape[:2]
-    scale = min(1.0, CONTEXT_WIDTH / w)
-    thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA) if scale < 1 else image.copy()
-    x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
-    cv2.rectangle(thumb, (x0, y0), (x1, y1), (0, 220, 255), 2)
-    return thumb
+def _holding(logged: SessionLog, session: Session) -> SessionReader:
+    """A replay that continues from the log's state, holding only ``session``'s cells."""
+    reader = SessionReader()
+    reader.sessions = {session.id: session}
+    reader.latest = session.id
+    reader.lines, reader.skipped, reader.other = logged.lines, logged.skipped, logged.other_records
+    return reader

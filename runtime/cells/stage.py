@@ -57,7 +57,7 @@ class CellInput:
 class CellFrame:
     """One frame's cell-mode result."""
 
-    cells: list[dict[str, Any]]  # the "cells" of the frame record (CELLS_SCHEMA.md)
+    cells: list[dict[str, Any]]  # the "cells" of the frame record (docs/log-format.md)
     counted: list[CountedCell] = field(default_factory=list)  # counted in this frame
     crops: list[np.ndarray] = field(default_factory=list)  # full-resolution crop per counted
     detect_ms: float = 0.0

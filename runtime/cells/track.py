@@ -120,6 +120,10 @@ class CellTracker:
         if next_id is not None:
             self._next_id = next_id
 
+    def continue_after(self, track: int) -> None:
+        """New tracks get ids above ``track`` (ids already in a log are never reused)."""
+        self._next_id = max(self._next_id, track + 1)
+
     def update(self, detections: Sequence[Detection], probs: np.ndarray | None,
                frame_width: int, now: float) -> TrackUpdate:
         """Associate one frame's detections (and their class probabilities) with the tracks."""

@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from lgld.runtime.core.cliutil import OneLineParser, plural, run_cli
+from lgld.runtime.core.countlog import SessionLog, SessionLogError, read_log
 from lgld.runtime.core.files import write_atomic
 from lgld.runtime.core.untrusted import shown, text_arg, utf8_safe
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary
-from lgld.runtime.review.sessionlog import SessionLog, SessionLogError, read_log
 
 PROG = "lgld-report"
 

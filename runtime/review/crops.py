@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lgld.runtime.review.sessionlog import read_log
+from lgld.runtime.core.countlog import read_log
 
 
 def reviewed_crops(log_path: str | os.PathLike) -> set[Path]:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from lgld.runtime.config import SourceSection
+from lgld.runtime.core.countlog import UNCLASSIFIED, Cell, Session, SessionLog
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import model_card, model_label
@@ -35,7 +36,6 @@ from lgld.runtime.core.untrusted import (
     utf8_safe,
 )
 from lgld.runtime.core.zoo import zoo_dir
-from lgld.runtime.review.sessionlog import UNCLASSIFIED, Cell, Session, SessionLog
 
 THUMB_PX = 96  # longest side of a gallery thumbnail
 THUMB_QUALITY = 72  # JPEG quality: about 3-4 KB per PBC crop at 96 px

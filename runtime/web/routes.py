@@ -13,7 +13,8 @@
 * ``POST /api/count/reset``  cell mode: end the count session and start a new, empty one
 * ``POST /api/session``  cell mode: the same, with ``{"sample": "label"}`` as the JSON body
 * ``/api/review``        the current count session's cells and counts (cell mode with a log);
-  ``POST`` a correction ``{"track", "action", "class"}``; ``/api/review/crop?track=T`` a crop
+  ``POST`` a correction ``{"session", "track", "action", "class"}`` (409 for another session
+  than the current one); ``/api/review/crop?track=T`` a crop
 * ``/report``            the current count session's lab report (the lgld-report HTML)
 
 A new route is one branch in :meth:`Handler.do_GET` (or ``do_POST``) reading from the App.
@@ -27,7 +28,6 @@ viewers are capped (``max_streams``, 503 beyond); snapshots are rate-limited and
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from lgld.runtime.config import HttpSection
+from lgld.runtime.core.jsonlog import loads
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import model_label
 from lgld.runtime.core.strictjson import dumps
@@ -336,7 +337,7 @@ class Handler(BaseHTTPRequestHandler):
         sample = None
         if body.strip():
             try:
-                data = json.loads(body)
+                data = loads(body)
                 sample = data.get("sample") if isinstance(data, dict) else None
             except ValueError:
                 self._error(400, "the body must be JSON: {\"sample\": \"label\"}")
@@ -367,7 +368,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _review_post(self, app: App, body: bytes) -> None:
         try:
-            request = json.loads(body or b"null")
+            request = loads(body or b"null")
         except ValueError:
             self._error(400, "the body is not JSON")
             return

@@ -1,4 +1,4 @@
-"""Reading count sessions back from a cell-mode JSONL log (lgld.runtime.review.sessionlog)."""
+"""Reading count sessions back from a cell-mode JSONL log (lgld.runtime.core.countlog)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from review_logs import WBC5, LogBuilder, expected_reviewed, session_cells
 
-from lgld.runtime.review.sessionlog import SessionLogError, read_log
+from lgld.runtime.core.countlog import SessionLogError, read_log
 
 
 def _model_counts(events, sid):
@@ -160,3 +160,16 @@ def test_a_log_of_another_mode_has_no_sessions(tmp_path):
     path.write_text('{"time":"2026-12-01T09:00:00","label":"Benign","confidence":0.9}\n')
     with pytest.raises(SessionLogError, match="no count sessions"):
         read_log(path).get()
+
+
+def test_a_torn_line_followed_by_an_appended_event_loses_only_the_torn_part(tmp_path):
+    b = LogBuilder(tmp_path, seed=3, crops=None)
+    b.start()
+    b.cells(2)
+    path = b.write()
+    with open(path, "ab") as fh:  # a crash mid-write, then the restarted writer appends
+        fh.write(b'{"event":"cell","session":"x","tr')
+        fh.write(json.dumps(b.cell("Basophil", confidence=0.9)).encode() + b"\n")
+    log = read_log(path)
+    assert log.skipped == 1
+    assert [c.model_class for c in log.get().cells][-1] == "Basophil"

@@ -121,8 +121,8 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
         review = _get(f"{base}/api/review")
         cell = review["cells"][0]
         other = next(c for c in review["review_classes"] if c != cell["model_class"])
-        _post(f"{base}/api/review", {"track": cell["track"], "action": "reclassify",
-                                     "class": other})
+        _post(f"{base}/api/review", {"session": session, "track": cell["track"],
+                                     "action": "reclassify", "class": other})
         seen["reviewed"] = (cell["track"], other)
 
     assert _run_with_client(command_1, second_run, signal.SIGINT) == 0  # Ctrl-C

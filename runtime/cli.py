@@ -27,7 +27,7 @@ import cv2
 
 from lgld.runtime import calibration
 from lgld.runtime.cells.crops import check_white_cell_model
-from lgld.runtime.cells.cropstore import CropBudget
+from lgld.runtime.cells.cropstore import CropBudget, reviewed_crops
 from lgld.runtime.cells.detect import DetectorSettings
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
@@ -52,7 +52,6 @@ from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
-from lgld.runtime.review.crops import reviewed_crops
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource

@@ -117,6 +117,10 @@ class CellsSection:
 
     diameter_px: str = _f("120,330", "White-cell diameter range MIN,MAX in frame pixels (120,330\n"
                                      "suits 640x480 at 100x), or auto: measured on the red cells.")
+    framing: str = _f("red-cells", "What scales the crops the model sees: red-cells (the range,\n"
+                                   "unless the measured red cells put the white cells more than\n"
+                                   "1.35x off it: another objective or camera still gives crops\n"
+                                   "framed like the training data) or range (the range alone).")
     max_cells: int = _f(24, "At most this many cells per frame (the largest); more = a warning.")
     nucleus_low: float = _f(0.30, "Nucleus stain (optical density unmixed, relative to the\n"
                                   "background) at which a pixel may belong to a nucleus ...")
@@ -231,6 +235,7 @@ class RunConfig:
                f"inference.mode must be field, roi or cells, not {i.mode!r}")
         c = self.cells
         c.diameter_range()
+        _check(c.framing in ("red-cells", "range"), "cells.framing must be red-cells or range")
         try:
             check_text(c.sample, "cells.sample (--sample)")
         except UntrustedError as exc:

@@ -22,7 +22,7 @@ from lgld.training.data import (
     verify_items,
 )
 from lgld.training.labrun import LAB_FILES, prepare_lab_split
-from lgld.training.recipes import get_recipe
+from lgld.training.recipes import AUGMENTATIONS, get_recipe
 
 PROG = "lgld-train"
 
@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--white-balance", type=float,
                    help="range of the white-balance augmentation: red and blue gains within "
                         "+-this in linear light (default 0.2)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, dest="augmentation",
+                   help="augmentation profile: lamp (exposure, white balance and a mild stain "
+                        "change: one microscope; default) or microscope (strong stain, rotation, "
+                        "scale, blur, JPEG: spans microscopes)")
     p.add_argument("--illumination", choices=("none", "background"), default="none",
                    help="illumination correction in the preprocessing (background: map the "
                         "slide background to the training set's median, in linear light)")
@@ -122,7 +126,7 @@ def run_training(args: argparse.Namespace) -> int:
     if world.main:  # only rank 0 touches the run folder; the others receive its split
         try:
             recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
-                        args.white_balance)
+                        args.white_balance, args.augmentation)
             if recipe.epochs < 1 or recipe.batch_size < 1:
                 raise DataError("--epochs and --batch-size must be >= 1")
             if not 0.0 <= recipe.white_balance < 1.0:
@@ -141,7 +145,7 @@ def run_training(args: argparse.Namespace) -> int:
             raise DataError(error)
         raise OtherRankFailed
     recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
-                        args.white_balance)
+                        args.white_balance, args.augmentation)
     cfg = TrainConfig(
         data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
         variant=args.variant, seed=args.seed, device=args.device,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.cliutil import EXIT_FAILURE, OneLineParser, require_extra, run_cli
 from lgld.training.allocator import OPT_OUT_FLAG, current_allocator, reexec_with_allocator
 from lgld.training.data import (
     LAYOUTS,
@@ -29,7 +30,8 @@ PROG = "lgld-train"
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--data", required=True, help="data folder (ALL, Raabin-WBC or ImageFolder)")
-    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("-o", "--output", "--out", dest="out", required=True,
+                   help="run folder (created)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--input-size", type=int, default=224)
@@ -179,23 +181,29 @@ def run_training(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the real command: restart once with a faster allocator (see allocator)
-        reexec_with_allocator(PROG, sys.argv[1:])
-    args = _parser().parse_args(argv)
+def _train(args: argparse.Namespace) -> int:
+    """The command's body: torch is there, then (the real command) restart once with a faster
+    allocator (see allocator), then train."""
+    require_extra("torch")
+    if args.argv is not None:
+        reexec_with_allocator(PROG, args.argv)
     try:
         return run_training(args)
     except OtherRankFailed:
-        return 2
-    except (DataError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # usage errors (exit 2) before any restart
+    args.argv = sys.argv[1:] if argv is None else None
+    return run_cli(PROG, _train, args, (DataError, ValueError, OSError))
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     from lgld.training.compare import main  # plain lgld-eval unless --compare is given
 
-    if argv is None and any(a.endswith(".pt") for a in sys.argv[1:]):  # torch's batched path
+    pt = argv is None and any(a.endswith(".pt") for a in sys.argv[1:])  # torch's batched path
+    if pt and importlib.util.find_spec("torch") is not None:  # else: one line from lgld-eval
         reexec_with_allocator("lgld-eval", sys.argv[1:])
     return main(argv)
 

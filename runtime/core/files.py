@@ -87,12 +87,3 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return target
 
-
-def default_state_dir() -> Path:
-    """lgld's state directory (calibration, validations) when none is configured: systemd's
-    $STATE_DIRECTORY (the service's /var/lib/lgld), else $XDG_STATE_HOME/lgld or
-    ~/.local/state/lgld."""
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "lgld"

@@ -211,7 +211,7 @@ def evaluate_wbc5(args: argparse.Namespace) -> dict:
         roi = image[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
         batch = [image, roi]
         if central is not None:
-            batch += cell_crops(image, [cells[central]], result.typical_diameter,
+            batch += cell_crops(image, [cells[central]], result.crop_diameter,
                                 classifier.info.input_size)
         probs = classifier.probabilities(batch)
         pred = [classes[int(np.argmax(p))] for p in probs]

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cells", type=float, default=0.0, metavar="SECONDS",
                    help="cell-mode row: detection ms and the cell-mode pipeline with 3 cells "
                    "per frame for SECONDS (a white-cell model, e.g. --model wbc5; 0 = skip)")
-    p.add_argument("--json", metavar="OUT", help="write everything measured to this JSON file")
+    p.add_argument("-o", "--output", "--json", dest="json", metavar="OUT.json",
+                   help="write everything measured to this JSON file")
     add_train_arguments(p)
     return p
 

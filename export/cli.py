@@ -8,13 +8,13 @@ import tempfile
 from pathlib import Path
 
 from lgld.export import ExportError
-from lgld.runtime.core.cliutil import run_cli
+from lgld.runtime.core.cliutil import OneLineParser, run_cli
 
 PROG = "lgld-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog=PROG,
         description="Export an lgld-train checkpoint to ONNX for the runtime: exact algebraic "
         "rewrites (BN folding and more), onnxsim, ONNX Runtime vs PyTorch verification, "

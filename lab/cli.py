@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("logs", nargs="+", type=lambda v: Path(text_arg(v)), metavar="LOG",
                    help="cell-mode JSONL log(s); rotated siblings (.1, .2 ...) are read too")
-    p.add_argument("-o", "--out", required=True, type=lambda v: Path(text_arg(v)),
+    p.add_argument("-o", "--output", "--out", dest="out", required=True,
+                   type=lambda v: Path(text_arg(v)),
                    help="data-set folder to create (must not exist)")
     p.add_argument("--crops", action="append", type=lambda v: Path(text_arg(v)), default=[],
                    help="folder the logged crop paths are relative to (default: the log's "

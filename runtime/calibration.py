@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ import cv2
 import numpy as np
 
 from lgld.runtime.config import CalibrationSection
+from lgld.runtime.config import state_dir as lgld_state_dir
 from lgld.runtime.core.files import atomic_path, write_atomic
 from lgld.runtime.core.preprocess import srgb_to_linear
 
@@ -118,7 +118,8 @@ class Calibration:
 
 @dataclass(frozen=True)
 class CalibrationState:
-    """Whether a calibration applies to this run: ``ok``, ``stale`` or ``missing``."""
+    """Whether a calibration applies to this run: ``ok``, ``stale``, ``missing``, or ``demo``
+    (a generated demo source: evenly lit by construction, nothing to calibrate)."""
 
     state: str
     message: str
@@ -198,14 +199,8 @@ def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
 
 
 def state_dir(cfg: CalibrationSection) -> Path:
-    """Where calibrations live: the configured folder, else systemd's $STATE_DIRECTORY (the
-    service's /var/lib/lgld), else ~/.local/state/lgld."""
-    if cfg.dir:
-        return Path(cfg.dir).expanduser()
-    if os.environ.get("STATE_DIRECTORY"):
-        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "lgld"
+    """Where calibrations live: the configured folder, else lgld's state directory."""
+    return Path(cfg.dir).expanduser() if cfg.dir else lgld_state_dir()
 
 
 def save(cal: Calibration, folder: Path) -> Path:
@@ -244,6 +239,16 @@ def load(folder: Path) -> Calibration | None:
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise CalibrationError(f"calibration in {folder} is unreadable ({exc}); run lgld-run "
                                "--calibrate again") from None
+
+
+#: The state of a demo source, which needs no flat field (it has no vignetting or cast).
+DEMO = CalibrationState("demo", "demo source, evenly lit by construction: no flat field needed")
+
+
+def needs_calibration(source_name: str) -> bool:
+    """False for the generated demo sources (``demo``, ``demo:cells`` ...): they are calibrated
+    by construction; every camera, video or image folder needs one."""
+    return not (source_name == "demo" or source_name.startswith("demo:"))
 
 
 def assess(cal: Calibration | None, source: str, frame_size: tuple[int, int] | None,

@@ -27,7 +27,7 @@ import cv2
 
 from lgld.runtime import calibration
 from lgld.runtime.cells.crops import check_white_cell_model
-from lgld.runtime.cells.cropstore import CropBudget
+from lgld.runtime.cells.cropstore import CropBudget, reviewed_crops
 from lgld.runtime.cells.detect import DetectorSettings
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
@@ -37,21 +37,21 @@ from lgld.runtime.config import (
     RunConfig,
     allowed_hosts,
     load_config,
+    output_paths,
     parse_listen,
     parse_roi,
     to_toml,
 )
 from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, default_threads
-from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.cliutil import OneLineParser, plural
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
-from lgld.runtime.core.precision import choose_precision
-from lgld.runtime.core.zoo import resolve_model
+from lgld.runtime.core.precision import choose_precision, model_label
+from lgld.runtime.core.zoo import ZOO, resolve_model
 from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
-from lgld.runtime.review.crops import reviewed_crops
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource
@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", metavar="all|wbc5|all-128|PATH",
-                   help="model: all (default) or wbc5 (160 px), all-128 or wbc5-128 (faster), "
-                   "all-192, all-224 (see docs/performance.md) or an .onnx path")
+    p.add_argument("--model", metavar="NAME|PATH",
+                   help=f"a shipped model ({', '.join(ZOO)}; default all; README, Shipped "
+                   "models) or an .onnx path")
     p.add_argument(
         "--source",
         metavar="SPEC",
@@ -109,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cells mode: the sample's free-text label, written with the count session")
     p.add_argument("--roi", metavar="x,y,w,h", help="ROI in display pixels (implies --mode roi)")
     p.add_argument("--frames", type=int, metavar="N", help="stop after N results")
-    p.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--log", metavar="FILE.jsonl", help="append results to this JSONL log "
+                     "(cells mode default: counts.jsonl in the state directory)")
+    out.add_argument("--no-log", dest="log", action="store_const", const="",
+                     help="keep no log (a throwaway run: the count is not kept)")
+    p.add_argument("--crops", metavar="DIR", help="cells mode: save the counted cells' crops "
+                   "here (default: crops/ beside the log)")
     p.add_argument("--http", metavar="[HOST:]PORT",
                    help="serve the live page (host 127.0.0.1; any other address opens it to the "
                    "network: see docs/deploy.md)")
@@ -141,6 +147,7 @@ _FLAG_FIELDS = {
     "preview": ("display", "preview"),
     "resume_count": ("cells", "resume"),
     "sample": ("cells", "sample"),
+    "crops": ("cells", "crops_dir"),
 }
 
 
@@ -204,6 +211,11 @@ def calibrate(cfg: RunConfig) -> int:
         source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
     except SourceError as exc:
         return _error(EXIT_SOURCE, exc)
+    if not calibration.needs_calibration(source.name):
+        source.close()
+        print(f"{PROG}: {source.name}: {calibration.DEMO.message}; nothing to do",
+              file=sys.stderr)
+        return EXIT_OK
     try:
         cal = calibration.capture(source, cfg.calibration.frames)
         if hasattr(source, "camera_settings"):  # picamera2: freeze what auto-exposure chose
@@ -233,6 +245,8 @@ def _calibration_state(cfg: RunConfig, source: Any) -> calibration.CalibrationSt
     camera to the calibrated exposure and white balance when the calibration applies."""
     if not cfg.calibration.apply:
         return None
+    if not calibration.needs_calibration(source.name):
+        return calibration.DEMO
     folder = calibration.state_dir(cfg.calibration)
     try:
         cal = calibration.load(folder)
@@ -248,7 +262,7 @@ def _print_batch_line(result: Result) -> None:
     if result.cells is not None:
         found = ", ".join(f"{c['class']} {c['confidence']:.2f}" + (
             "" if c["state"] == "ok" else f" ({c['state']})") for c in result.cells)
-        print(f"{result.name}\t{len(result.cells)} cells\t{found}", flush=True)
+        print(f"{result.name}\t{plural(len(result.cells), 'cell')}\t{found}", flush=True)
         return
     label = result.label or "-"
     conf = f"{result.confidence:.3f}" if result.confidence is not None else "-"
@@ -287,6 +301,7 @@ def run(cfg: RunConfig) -> int:
             return _error(EXIT_USAGE, exc)
     result_log = server = source = preview = None
     cells: CountSession | None = None
+    resumed = False
     stop = threading.Event()
     notifier = Notifier()
     pipeline: Pipeline | None = None
@@ -311,7 +326,8 @@ def run(cfg: RunConfig) -> int:
                 if result_log is not None:
                     source.skip_listeners.append(_skip_logger(result_log, source.name))
             if cfg.inference.mode == "cells":
-                cells = _count_session(cfg, classifier, result_log, tracking=not source.batch)
+                cells, resumed = _count_session(cfg, classifier, result_log,
+                                                tracking=not source.batch)
             cal_state = _calibration_state(cfg, source)
             pipeline = Pipeline(source, classifier, PipelineSettings.from_config(cfg),
                                 classifier.info.name, listeners, cells, cal_state)
@@ -337,14 +353,18 @@ def run(cfg: RunConfig) -> int:
             elif cfg.display.preview == "on":
                 log.warning("no preview window: %s", why)
             log.info(
-                "model %s (%d classes, %d px, %s, %d threads, illumination %s) | source %s | "
+                "model %s: %s (%d classes, %d px, %s, %s, illumination %s) | source %s | "
                 "mode %s%s%s%s",
-                classifier.info.name, len(classifier.classes), classifier.info.input_size,
-                choice.reason, threads, classifier.info.preprocess.illumination, source.name,
+                model_label(choice.path, choice.precision), classifier.info.name,
+                len(classifier.classes), classifier.info.input_size,
+                choice.reason, plural(threads, "thread"), classifier.info.preprocess.illumination,
+                source.name,
                 cfg.inference.mode, _calibration_text(cal_state),
                 f" | live view {server.url}" if server else "",
                 f" | log {result_log.path}" if result_log else "",
             )
+            if cells is not None:
+                log.info("%s", _session_line(cells, resumed, cfg))
             pipeline.start()
             _main_loop(pipeline, renderer, stop, notifier, preview)
     finally:
@@ -356,8 +376,7 @@ def run(cfg: RunConfig) -> int:
             source.close()
         if cells is not None:
             with suppress(Exception):
-                log.info("count session %s: %s", cells.id, _count_line(cells.count()))
-                cells.end()
+                _stop_count(cells, closes=source is not None and source.batch)
         for resource in (server, preview, result_log):
             if resource is not None:
                 with suppress(Exception):
@@ -385,8 +404,8 @@ def _calibration_text(state: calibration.CalibrationState | None) -> str:
 
 
 def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: ResultLog | None,
-                   tracking: bool) -> CountSession:
-    """Cell mode's stage and count session; resumes the log's last session when asked."""
+                   tracking: bool) -> tuple[CountSession, bool]:
+    """Cell mode's stage and count session, and whether it resumed the log's open session."""
     c = cfg.cells
     stage = CellStage(classifier, DetectorSettings.from_config(c),
                       TrackerSettings.from_config(c), c.target, tracking)
@@ -395,20 +414,49 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
              "sha256": file_sha256(classifier.path), "precision": info.quantization,
              "classes": list(classifier.classes)}
     budget = None
-    if cfg.http.snapshot_dir and c.crop_budget_mb > 0:
+    if c.crops_dir and c.crop_budget_mb > 0:
         log_path = cfg.log.path
-        budget = CropBudget(cfg.http.snapshot_dir, c.crop_budget_mb,
+        budget = CropBudget(c.crops_dir, c.crop_budget_mb,
                             (lambda: reviewed_crops(log_path)) if log_path else frozenset)
     session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
-                           cfg.http.snapshot_dir or None, cfg.log.path or None,
+                           c.crops_dir or None, cfg.log.path or None,
                            crop_budget=budget.added if budget else None)
-    session.open(result_log.path if result_log else None, resume=tracking and c.resume)
-    return session
+    resumed = session.open(result_log.path if result_log else None,
+                           resume=tracking and c.resume)
+    if resumed and c.sample and c.sample != session.sample:
+        session.start(c.sample)  # another sample is another count: the open one ends here
+        resumed = False
+    return session, resumed
+
+
+def _session_line(cells: CountSession, resumed: bool, cfg: RunConfig) -> str:
+    """The start-up line of the count: resumed or new, and where it is kept."""
+    count = cells.count()
+    how = (f"resumed count session {cells.id} at {count['total']}/{count['target']} cells"
+           if resumed else f"new count session {cells.id}")
+    sample = f", sample {cells.sample!r}" if cells.sample else ""
+    kept = (f"; kept in {cfg.log.path}, crops in {cfg.cells.crops_dir or '(none)'}"
+            if cfg.log.path else "; no log (--no-log): this count is not kept")
+    return how + sample + kept
+
+
+def _stop_count(cells: CountSession, closes: bool) -> None:
+    """A stopped run leaves an unfinished count open for the next start to resume (docs/cells.md);
+    a count that reached its target, or a batch of images, is closed."""
+    count = cells.count()
+    line = f"count session {cells.id}: {_count_line(count)}"
+    if closes or count["complete"]:
+        cells.end()
+        log.info("%s; closed", line)
+    else:
+        log.info("%s; left open: the next start continues it (--new-session starts a new "
+                 "count)", line)
 
 
 def _count_line(count: dict[str, Any]) -> str:
     parts = [f"{k} {v} ({count['percent'][k]:.0f}%)" for k, v in count["counts"].items() if v]
-    return f"{count['total']}/{count['target']} cells" + (": " + ", ".join(parts) if parts else "")
+    total = f"{count['total']}/{plural(count['target'], 'cell')}"
+    return total + (": " + ", ".join(parts) if parts else "")
 
 
 def _message(exc: BaseException) -> str:
@@ -475,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             sys.stdout.write(to_toml(cfg))
             return EXIT_OK
+        cfg.log.path, cfg.cells.crops_dir = output_paths(cfg)
         if args.check:
             from lgld.runtime.doctor import doctor
 
@@ -485,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _error(EXIT_USAGE, exc)
     except KeyboardInterrupt:  # Ctrl-C before the pipeline took over the signal
+        print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line, the traceback on request
         if os.environ.get("LGLD_DEBUG"):

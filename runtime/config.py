@@ -17,6 +17,9 @@ from typing import Any
 
 from lgld.runtime.core.untrusted import UntrustedError, check_text
 
+#: [log] path meaning "the default": the state directory's log in cells mode, else no log.
+LOG_AUTO = "auto"
+
 
 class ConfigError(ValueError):
     """A configuration file or value is invalid (one-line reason)."""
@@ -114,6 +117,10 @@ class CellsSection:
 
     diameter_px: str = _f("120,330", "White-cell diameter range MIN,MAX in frame pixels (120,330\n"
                                      "suits 640x480 at 100x), or auto: measured on the red cells.")
+    framing: str = _f("red-cells", "What scales the crops the model sees: red-cells (the range,\n"
+                                   "unless the measured red cells put the white cells more than\n"
+                                   "1.35x off it: another objective or camera still gives crops\n"
+                                   "framed like the training data) or range (the range alone).")
     max_cells: int = _f(24, "At most this many cells per frame (the largest); more = a warning.")
     nucleus_low: float = _f(0.30, "Nucleus stain (optical density unmixed, relative to the\n"
                                   "background) at which a pixel may belong to a nucleus ...")
@@ -126,9 +133,12 @@ class CellsSection:
     max_missed: int = _f(8, "A track ends after this many frames without its cell.")
     target: int = _f(100, "Cells per differential count (100 or 200); then 'count complete'.")
     sample: str = _f("", "Free-text label of the sample, written with each count session.")
-    resume: bool = _f(True, "On start, continue the last count session found in the log.")
-    crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved with\n"
-                                      "[http] snapshot_dir): past it the oldest unreviewed cells'\n"
+    resume: bool = _f(True, "On start, continue the log's last count session unless it ended\n"
+                            "(target reached, a new count, --new-session); docs/cells.md.")
+    crops_dir: str = _f("", "Folder of the counted cells' crops (lgld-run --crops); \"\" =\n"
+                            "[http] snapshot_dir when set, else a crops/ folder beside the log.")
+    crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved in\n"
+                                      "crops_dir): past it the oldest unreviewed cells'\n"
                                       "crops go first, reviewed ones last; 0 = no limit.")
 
     def diameter_range(self) -> tuple[float, float] | None:
@@ -173,7 +183,9 @@ class HttpSection:
 class LogSection:
     """[log]: the JSONL result log."""
 
-    path: str = _f("", "JSONL result log, one line per result; \"\" = off.")
+    path: str = _f(LOG_AUTO, "JSONL result log, one line per result; auto = in cells mode\n"
+                             "<state dir>/counts.jsonl (a count is kept and resumed), in the\n"
+                             "other modes off; \"\" = off (lgld-run --no-log).")
     max_bytes: int = _f(10_000_000, "Rotate when the log would grow past this size (bytes).")
     backups: int = _f(5, "Rotated logs kept: path.1 (newest) ... path.N.")
     fsync_interval_s: float = _f(5.0, "Every line reaches the OS at once; it is also forced to\n"
@@ -223,6 +235,7 @@ class RunConfig:
                f"inference.mode must be field, roi or cells, not {i.mode!r}")
         c = self.cells
         c.diameter_range()
+        _check(c.framing in ("red-cells", "range"), "cells.framing must be red-cells or range")
         try:
             check_text(c.sample, "cells.sample (--sample)")
         except UntrustedError as exc:
@@ -272,6 +285,29 @@ class RunConfig:
 MAX_SIDE = 16384  # pixels: above any camera the runtime drives; 1e8 would need 536 GiB
 MIN_FPS, MAX_FPS = 0.1, 1000.0  # a 1e-300 fps makes 1/fps overflow
 MAX_WAIT_S = 3600.0  # longest timeout, retry, fsync or snapshot interval
+
+
+def state_dir() -> Path:
+    """lgld's state directory (counts, crops, calibration): systemd's $STATE_DIRECTORY (the
+    service's /var/lib/lgld), else $XDG_STATE_HOME/lgld, else ~/.local/state/lgld."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "lgld"
+
+
+def output_paths(cfg: RunConfig) -> tuple[str, str]:
+    """(log path, crops folder) a run writes, "" for none: ``log.path = auto`` is the state
+    directory's counts.jsonl in cells mode (no log otherwise); crops only in cells mode."""
+    log_path = cfg.log.path
+    if log_path == LOG_AUTO:
+        log_path = str(state_dir() / "counts.jsonl") if cfg.inference.mode == "cells" else ""
+    if cfg.inference.mode != "cells":
+        return log_path, ""
+    crops = cfg.cells.crops_dir or cfg.http.snapshot_dir
+    if not crops and log_path:
+        crops = str(Path(log_path).expanduser().parent / "crops")
+    return log_path, crops
 
 
 def max_threads() -> int:

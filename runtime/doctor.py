@@ -20,6 +20,7 @@ import onnxruntime as ort
 from lgld.runtime.config import ConfigError, RunConfig, parse_listen
 from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import choose_precision, model_label
 from lgld.runtime.core.zoo import resolve_model
 from lgld.runtime.preview import preview_possible
 from lgld.runtime.results import ResultLogError, check_writable
@@ -42,7 +43,8 @@ class Check:
 def check_model(cfg: RunConfig) -> Check:
     threads = cfg.model.threads or default_threads()
     try:
-        path = resolve_model(cfg.model.path)
+        choice = choose_precision(resolve_model(cfg.model.path), cfg.model.precision)
+        path = choice.path
         clf = OnnxClassifier(path, threads=threads)
         size = clf.info.input_size
         probs = clf.probabilities([np.full((size, size, 3), 200, np.uint8)])
@@ -54,8 +56,9 @@ def check_model(cfg: RunConfig) -> Check:
     if probs.shape != (1, n) or not np.all(np.isfinite(probs)) or abs(probs.sum() - 1) > 1e-3:
         return Check("model", False, f"{path}: output {probs.shape} is not {n} probabilities")
     info = clf.info
-    return Check("model", True, f"{path} | {info.name} | {n} classes {info.classes} | "
-                 f"input {size}px | {info.variant} | {info.quantization}")
+    return Check("model", True, f"{model_label(path, choice.precision)} | {info.name} | "
+                 f"{n} classes {info.classes} | input {size}px | {info.variant} | "
+                 f"{choice.reason} | {path}")
 
 
 def check_source(cfg: RunConfig) -> list[Check]:
@@ -90,7 +93,9 @@ def run_checks(cfg: RunConfig) -> list[Check]:
     ]
     if cfg.log.path:
         try:
-            checks.append(Check("log", True, f"{check_writable(cfg.log.path)} is writable"))
+            crops = f"; crops in {cfg.cells.crops_dir}" if cfg.cells.crops_dir else ""
+            checks.append(Check("log", True, f"{check_writable(cfg.log.path)} is writable"
+                                + crops))
         except ResultLogError as exc:
             checks.append(Check("log", False, str(exc)))
     else:

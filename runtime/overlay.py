@@ -6,10 +6,12 @@ smoothed confidence, the instant (this frame) verdict beside it, and the top-3 c
 FPS, latency and dropped frames; a camera outage is shown in red. The classified region is
 outlined (always in roi mode; in field mode when it is not the whole frame).
 
-Cell mode: a box per white cell coloured by its class, with the class and confidence (dimmed
-and dashed-grey when the cell is cut by the border and not counted; amber while uncertain),
-and instead of the verdict the count panel: counts and percentages per class and the progress
-to the target ("COUNT COMPLETE" when reached).
+Cell mode: a box per white cell coloured by its class, with the class and confidence on a label
+of the class colour in black or white, whichever contrasts more (WCAG contrast >= 4.5:1 for every
+class colour); dimmed grey when the cell is cut by the border and not counted, amber while
+uncertain. Instead of the verdict, the count panel (counts and percentages per class, progress
+to the target, "COUNT COMPLETE" when reached) sits in a strip right of the frame, so it hides
+no cell: the cell-mode overlay is wider than the frame.
 """
 
 from __future__ import annotations
@@ -66,6 +68,30 @@ class OverlayInfo:
         )
 
 
+BLACK = (0, 0, 0)
+
+
+def relative_luminance(bgr: tuple[int, int, int]) -> float:
+    """WCAG 2 relative luminance of an 8-bit sRGB colour given as BGR."""
+    def linear(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+    b, g, r = (linear(c) for c in bgr)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast_ratio(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """WCAG 2 contrast ratio of two BGR colours (1 to 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_colour_on(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``background`` (always >= 4.58:1)."""
+    return max((BLACK, WHITE), key=lambda c: contrast_ratio(c, background))
+
+
 def state_colour(state: str) -> tuple[int, int, int]:
     return GREEN if state == OK else AMBER if state == UNCERTAIN else RED
 
@@ -106,9 +132,9 @@ def draw_overlay(
                       max(1, round((3 if info.mode == "roi" else 1) * s)), cv2.LINE_AA)
 
     if result is not None and result.cells is not None or info.cell_count is not None:
-        _draw_cells(img, result, info, s, thick)
+        _draw_cells(img, result, s, thick)
         _status_bar(img, info, s, thick)
-        return img
+        return _count_strip(img, info.cell_count, s, thick)
 
     # the verdict panel
     pad = round(12 * s)
@@ -180,9 +206,8 @@ def _status_bar(img: np.ndarray, info: OverlayInfo, s: float, thick: int) -> Non
               0.6 * s, RED, max(1, thick - 1))
 
 
-def _draw_cells(img: np.ndarray, result: Result | None, info: OverlayInfo, s: float,
-                thick: int) -> None:
-    """Cell boxes with labels, then the count panel."""
+def _draw_cells(img: np.ndarray, result: Result | None, s: float, thick: int) -> None:
+    """Cell boxes with their labels."""
     for cell in (result.cells or []) if result is not None else []:
         x0, y0, x1, y1 = cell["box"]
         state, label = cell["state"], cell.get("class")
@@ -203,19 +228,35 @@ def _draw_cells(img: np.ndarray, result: Result | None, info: OverlayInfo, s: fl
             text += " *"
         (tw, th), _ = cv2.getTextSize(text, FONT, 0.55 * s, max(1, thick - 1))
         ty = y0 - round(6 * s) if y0 > th + round(12 * s) else y0 + th + round(8 * s)
-        _shade(img, x0, ty - th - round(5 * s), x0 + tw + round(8 * s), ty + round(5 * s), 0.6)
-        _text(img, text, (x0 + round(4 * s), ty), 0.55 * s, colour, max(1, thick - 1))
+        cv2.rectangle(img, (x0, ty - th - round(5 * s)), (x0 + tw + round(8 * s),
+                                                           ty + round(5 * s)), colour, -1)
+        _text(img, text, (x0 + round(4 * s), ty), 0.55 * s, text_colour_on(colour),
+              max(1, thick - 1))
 
-    count = info.cell_count
+
+#: Background of the count strip beside the frame (BGR, opaque).
+STRIP = (32, 32, 32)
+
+
+def _count_strip(img: np.ndarray, count: dict[str, Any] | None, s: float,
+                 thick: int) -> np.ndarray:
+    """The frame with the count panel in a strip on its right (the frame when no count)."""
     if count is None:
-        return
+        return img
+    pad = round(12 * s)
+    panel_w = round(330 * s)
+    strip = np.full((img.shape[0], panel_w + 2 * pad, 3), STRIP, np.uint8)
+    _count_panel(strip, count, s, thick)
+    return np.hstack([img, strip])
+
+
+def _count_panel(img: np.ndarray, count: dict[str, Any], s: float, thick: int) -> None:
+    """Counts and percentages per class and the progress to the target, on the strip."""
     pad = round(12 * s)
     line = round(26 * s)
     classes = [k for k in count["counts"] if k != "unclassified"] + ["unclassified"]
-    panel_w = min(img.shape[1] - 2 * pad, round(330 * s))
-    panel_h = pad * 2 + round(40 * s) + line * (len(classes) + 1)
-    _shade(img, pad, pad, pad + panel_w, pad + panel_h, 0.6)
-    x0, y = pad * 2, pad + round(34 * s)
+    panel_w = img.shape[1] - 2 * pad
+    x0, y = pad, pad + round(34 * s)
     total, target = count["total"], count["target"]
     head = "COUNT COMPLETE" if count["complete"] else "Differential count"
     _text(img, f"{head}  {total}/{target}", (x0, y), 0.75 * s,

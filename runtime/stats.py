@@ -137,8 +137,9 @@ class Snapshot:
                [("", self.dropped)])
         metric("lgld_results_total", "counter", "Results by state.",
                [(f'{{state="{_label(k)}"}}', v) for k, v in self.states.items()])
-        metric("lgld_class_results_total", "counter", "Confident results by class.",
-               [(f'{{class="{_label(k)}"}}', v) for k, v in self.classes.items()])
+        if self.cell_count is None:  # cell mode counts cells, not frames: lgld_cells_counted_total
+            metric("lgld_class_results_total", "counter", "Confident results by class.",
+                   [(f'{{class="{_label(k)}"}}', v) for k, v in self.classes.items()])
         metric("lgld_camera_up", "gauge", "1 while the camera delivers frames, 0 while it is lost.",
                [("", 1 if self.camera_ok else 0)])
         metric("lgld_camera_reconnects_total", "counter", "Successful camera reconnections.",

@@ -32,6 +32,15 @@ import cv2
 import numpy as np
 import pytest
 
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory, monkeypatch):
+    """lgld's state directory (cell mode's default log and crops, calibrations) in a scratch
+    folder: no test writes to, or resumes a count from, the user's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+
+
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
 ASSETS = Path(__file__).resolve().parents[1] / "runtime" / "assets"
 

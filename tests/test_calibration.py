@@ -192,11 +192,22 @@ def _config(tmp_path: Path) -> str:
     return str(path)
 
 
-def test_calibrate_on_the_demo_source_is_refused_in_one_line(tmp_path, capsys) -> None:
-    assert cli.main(["--source", "demo", "--calibrate", "--config", _config(tmp_path)]) == 1
+def test_calibrate_on_the_demo_source_says_there_is_nothing_to_do(tmp_path, capsys) -> None:
+    assert cli.main(["--source", "demo", "--calibrate", "--config", _config(tmp_path)]) == 0
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "not a blank field" in err
+    assert err.count("\n") == 0
+    assert "evenly lit by construction" in err and "nothing to do" in err
     assert not (tmp_path / "state" / calibration.CALIBRATION_FILE).exists()
+
+
+def test_the_demo_sources_are_calibrated_by_construction_and_cameras_are_not(tmp_path) -> None:
+    cfg = cli.effective_config(cli.build_parser().parse_args(
+        ["--source", "demo", "--config", _config(tmp_path)]))
+    for name in ("demo", "demo:all", "demo:wbc", "demo:cells"):
+        state = cli._calibration_state(cfg, ListSource([], name=name))
+        assert state.state == "demo" and "run lgld-run --calibrate" not in state.message
+    for name in ("camera:0", "picamera2", "video:slide.mp4", "demonstration.mp4"):
+        assert cli._calibration_state(cfg, ListSource([], name=name)).state == "missing"
 
 
 def test_page_data_and_healthz_say_when_the_calibration_is_missing(tiny_model, tmp_path) -> None:
@@ -205,9 +216,9 @@ def test_page_data_and_healthz_say_when_the_calibration_is_missing(tiny_model, t
 
     cfg = cli.effective_config(cli.build_parser().parse_args(
         ["--source", "demo", "--config", _config(tmp_path)]))
-    state = cli._calibration_state(cfg, ListSource([], name="demo:all"))
+    state = cli._calibration_state(cfg, ListSource([], name="camera:0"))
     assert state.state == "missing"
-    pipe = Pipeline(ListSource([], name="demo:all"), FakeClassifier(), PipelineSettings(),
+    pipe = Pipeline(ListSource([], name="camera:0"), FakeClassifier(), PipelineSettings(),
                     calibration=state)
     app = App(pipe, Renderer(pipe))
     assert app.calibration() == {"state": "missing", "message": state.message}

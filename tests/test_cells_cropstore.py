@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from lab_logs import reviewed_session
 
-from lgld.runtime.cells.cropstore import CropBudget, prune
-from lgld.runtime.review.crops import reviewed_crops
+from lgld.runtime.cells.cropstore import CropBudget, prune, reviewed_crops
 
 KB = 1024
 

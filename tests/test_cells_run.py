@@ -142,17 +142,15 @@ def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_p
     assert _run_with_client(args, first_run) == 0
     records = list(read_records(log))
     events = [r.get("event") for r in records]
-    assert events.count("session_start") == 3 and events.count("session_end") == 3
+    # the reset and "new count" ended two sessions; the stop (SIGTERM) leaves the third open
+    assert events.count("session_start") == 3 and events.count("session_end") == 2
     cells = [r for r in records if r.get("event") == "cell"]
     assert len({(r["session"], r["track"]) for r in cells}) == len(cells)  # counted once
     assert all((log.parent / r["crop"]).is_file() for r in cells)
     frames = [r for r in records if r.get("event") == "frame"]
     assert frames and all("cells" in r and r["mode"] == "cells" for r in frames)
 
-    # a restart continues the last session (its session_end is removed: as after a crash)
-    lines = log.read_text().splitlines()
-    assert json.loads(lines[-1])["event"] == "session_end"
-    log.write_text("\n".join(lines[:-1]) + "\n")
+    # a restart continues the open session, sample label and all
     port = free_port()
 
     def second_run() -> None:

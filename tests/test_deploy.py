@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -243,11 +244,20 @@ def test_uninstall_dry_run(tmp_path):
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
 )
-def test_real_install_refuses_to_run_without_root(tmp_path):
-    os_release = tmp_path / "os-release"
+def test_real_install_refuses_to_run_without_root(request):
+    # a copy in a folder `nobody` can read: the checkout may sit in a private (0700) home
+    scratch = Path(tempfile.mkdtemp(prefix="lgld-deploy-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    scratch.chmod(0o755)
+    shutil.copytree(INSTALL.parent, scratch / "deploy")
+    for path in (scratch / "deploy").rglob("*"):
+        path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
+    (scratch / "deploy").chmod(0o755)
+    os_release = scratch / "os-release"
     os_release.write_text(OS_RELEASES["bookworm"])
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(INSTALL)],
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash",
+         str(scratch / "deploy" / INSTALL.name)],
         capture_output=True,
         text=True,
         env={**os.environ, "LGLD_OS_RELEASE": str(os_release)},

@@ -177,5 +177,5 @@ def test_lgld_train_init_on_a_lab_data_set_keeps_cells_whole_and_records_the_man
 def test_mix_data_is_refused_with_a_reused_split_file(tmp_path: Path, capsys):
     code = train_main(["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--mix-data",
                        str(tmp_path), "--split-file", str(tmp_path / "split.json")])
-    assert code == 2
+    assert code == 1
     assert "--mix-data makes a new split" in capsys.readouterr().err

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.cliutil import EXIT_FAILURE, OneLineParser, require_extra, run_cli
 from lgld.training.allocator import OPT_OUT_FLAG, current_allocator, reexec_with_allocator
 from lgld.training.data import (
     LAYOUTS,
@@ -21,7 +22,7 @@ from lgld.training.data import (
     verify_items,
 )
 from lgld.training.labrun import LAB_FILES, prepare_lab_split
-from lgld.training.recipes import get_recipe
+from lgld.training.recipes import AUGMENTATIONS, get_recipe
 
 PROG = "lgld-train"
 
@@ -29,7 +30,8 @@ PROG = "lgld-train"
 def _parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--data", required=True, help="data folder (ALL, Raabin-WBC or ImageFolder)")
-    p.add_argument("--out", required=True, help="run folder (created)")
+    p.add_argument("-o", "--output", "--out", dest="out", required=True,
+                   help="run folder (created)")
     p.add_argument("--layout", choices=LAYOUTS, default="auto")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--input-size", type=int, default=224)
@@ -51,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--white-balance", type=float,
                    help="range of the white-balance augmentation: red and blue gains within "
                         "+-this in linear light (default 0.2)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, dest="augmentation",
+                   help="augmentation profile: lamp (exposure, white balance and a mild stain "
+                        "change: one microscope; default) or microscope (strong stain, rotation, "
+                        "scale, blur, JPEG: spans microscopes)")
     p.add_argument("--illumination", choices=("none", "background"), default="none",
                    help="illumination correction in the preprocessing (background: map the "
                         "slide background to the training set's median, in linear light)")
@@ -120,7 +126,7 @@ def run_training(args: argparse.Namespace) -> int:
     if world.main:  # only rank 0 touches the run folder; the others receive its split
         try:
             recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
-                        args.white_balance)
+                        args.white_balance, args.augmentation)
             if recipe.epochs < 1 or recipe.batch_size < 1:
                 raise DataError("--epochs and --batch-size must be >= 1")
             if not 0.0 <= recipe.white_balance < 1.0:
@@ -139,7 +145,7 @@ def run_training(args: argparse.Namespace) -> int:
             raise DataError(error)
         raise OtherRankFailed
     recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
-                        args.white_balance)
+                        args.white_balance, args.augmentation)
     cfg = TrainConfig(
         data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
         variant=args.variant, seed=args.seed, device=args.device,
@@ -175,23 +181,29 @@ def run_training(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the real command: restart once with a faster allocator (see allocator)
-        reexec_with_allocator(PROG, sys.argv[1:])
-    args = _parser().parse_args(argv)
+def _train(args: argparse.Namespace) -> int:
+    """The command's body: torch is there, then (the real command) restart once with a faster
+    allocator (see allocator), then train."""
+    require_extra("torch")
+    if args.argv is not None:
+        reexec_with_allocator(PROG, args.argv)
     try:
         return run_training(args)
     except OtherRankFailed:
-        return 2
-    except (DataError, ValueError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FAILURE
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # usage errors (exit 2) before any restart
+    args.argv = sys.argv[1:] if argv is None else None
+    return run_cli(PROG, _train, args, (DataError, ValueError, OSError))
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     from lgld.training.compare import main  # plain lgld-eval unless --compare is given
 
-    if argv is None and any(a.endswith(".pt") for a in sys.argv[1:]):  # torch's batched path
+    pt = argv is None and any(a.endswith(".pt") for a in sys.argv[1:])  # torch's batched path
+    if pt and importlib.util.find_spec("torch") is not None:  # else: one line from lgld-eval
         reexec_with_allocator("lgld-eval", sys.argv[1:])
     return main(argv)
 

@@ -128,8 +128,10 @@ def compare(new: Model, current: Model, root: Path, items: Sequence[Item],
 
 def _majority(truth: Sequence[str]) -> dict:
     """The score of always answering the most frequent held-out class (the floor to beat)."""
-    name, count = Counter(truth).most_common(1)[0]
-    return {"class": name, "accuracy": count / len(truth)}
+    counts = Counter(truth)
+    name, count = counts.most_common(1)[0]
+    tied = sum(1 for n in counts.values() if n == count)
+    return {"class": name, "accuracy": count / len(truth), "tied": tied}
 
 
 def _pct(x: float) -> str:
@@ -158,8 +160,12 @@ def format_comparison(result: dict) -> str:
              f"{'accuracy':<22}{acc['current']:>{col}}{acc['new']:>{col}}",
              f"{'macro F1':<22}{_pct(cur['macro_f1']):>{col}}{_pct(new['macro_f1']):>{col}}"]
     major = result["majority"]
-    lines.append(f"(always answering {major['class']}, the most frequent held-out class, "
-                 f"scores {_pct(major['accuracy'])} accuracy)")
+    if major.get("tied", 1) > 1:  # no class is the most frequent one
+        lines.append(f"(always answering any one of the {major['tied']} equally frequent "
+                     f"held-out classes scores {_pct(major['accuracy'])} accuracy)")
+    else:
+        lines.append(f"(always answering {major['class']}, the most frequent held-out class, "
+                     f"scores {_pct(major['accuracy'])} accuracy)")
     if cur["macro_over"] != result["classes"]:
         lines.append(f"(macro averages over the {len(cur['macro_over'])} classes present: "
                      f"{', '.join(cur['macro_over'])})")

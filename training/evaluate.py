@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from lgld.runtime.core.classifier import OnnxClassifier, softmax
-from lgld.runtime.core.cliutil import OneLineParser
+from lgld.runtime.core.cliutil import OneLineParser, quiet_broken_pipe, require_extra, run_cli
 from lgld.runtime.core.files import file_sha256, write_atomic
 from lgld.runtime.core.preprocess import ImageError, PreprocessSpec, preprocess_batch, read_image
 from lgld.training.allocator import OPT_OUT_FLAG
@@ -75,15 +75,10 @@ def load_model(path: str | Path, threads: int | None = None) -> Model:
 
 
 def _load_torch(path: Path, threads: int | None) -> Model:
-    try:
-        import torch
+    require_extra("torch")  # an .onnx model needs only the runtime
+    import torch
 
-        from lgld.models.checkpoint import load_checkpoint
-    except ImportError:
-        raise EvalError(
-            "evaluating a .pt checkpoint needs torch (pip install 'lgld[train]'); "
-            "an .onnx model needs only the runtime"
-        ) from None
+    from lgld.models.checkpoint import load_checkpoint
     if threads:
         torch.set_num_threads(threads)
     ckpt = load_checkpoint(path)
@@ -253,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-file", help="split.json of a run: evaluate one of its parts")
     p.add_argument("--split", default="test", choices=("test", "val", "train"),
                    help="which part of --split-file (default: test)")
-    p.add_argument("--json", dest="json_out", help="also write the results as JSON here")
+    p.add_argument("-o", "--output", "--json", dest="json_out", metavar="OUT.json",
+                   help="also write the results as JSON here")
     p.add_argument("--perturb", action="store_true",
                    help="also measure accuracy under stain, blur, noise, JPEG, exposure and "
                         "white-balance shifts")
@@ -300,16 +296,9 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def run_command(job: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
-    """Run ``job(args)`` as lgld-eval does: exit 0, or one error line and exit 2."""
-    try:
-        job(args)
-    except BrokenPipeError:  # e.g. `lgld-eval ... | head`: the results were complete
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (ValueError, OSError) as exc:  # EvalError, DataError, CheckpointError, ModelLoadError..
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """Run ``job(args)`` as lgld-eval does: the CLI contract of every lgld command
+    (core.cliutil.run_cli), and a reader that went away (``| head``) ends it quietly."""
+    return run_cli(PROG, quiet_broken_pipe(job), args)
 
 
 def main(argv: list[str] | None = None) -> int:

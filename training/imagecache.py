@@ -20,7 +20,7 @@ from lgld.runtime.core.preprocess import (
     read_image,
     resize_rgb,
 )
-from lgld.training.augment import WHITE_BALANCE, augment
+from lgld.training.augment import WHITE_BALANCE, augment, augment_microscope
 from lgld.training.data import DataError, Item
 
 
@@ -99,11 +99,12 @@ class CachedDataset(Dataset):
 
     def __init__(
         self, cache: ImageCache, spec: PreprocessSpec, train: bool, color: float = 1.0,
-        white_balance: float = WHITE_BALANCE,
+        white_balance: float = WHITE_BALANCE, augmentation: str = "lamp",
     ) -> None:
         self.images = cache.resized(spec)
         self.color = color
         self.white_balance = white_balance
+        self.augment = augment_microscope if augmentation == "microscope" else augment
         self.labels = cache.labels
         self.spec = spec
         self.train = train
@@ -115,7 +116,7 @@ class CachedDataset(Dataset):
         idx, seed = key
         image = self.images[idx]
         if self.train:
-            image = augment(image, seed, self.color, self.white_balance)
+            image = self.augment(image, seed, self.color, self.white_balance)
         image = correct_illumination(image, self.spec)
         return torch.from_numpy(normalize(image, self.spec)), int(self.labels[idx])
 

@@ -158,7 +158,8 @@ def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 
 # Identity fields added after the first release, with the value older runs implicitly had.
-_LATER_DEFAULTS = {"init": "", "color_jitter": 1.0, "illumination": "none", "white_balance": 0.2}
+_LATER_DEFAULTS = {"init": "", "color_jitter": 1.0, "illumination": "none", "white_balance": 0.2,
+                   "augmentation": "lamp"}
 
 
 def same_run(saved: dict, current: dict) -> bool:
@@ -262,7 +263,8 @@ class Trainer:
         ds = CachedDataset(self.caches[part], spec,
                            train=train and augment and self.cfg.recipe.augment,
                            color=self.cfg.recipe.color_jitter,
-                           white_balance=self.cfg.recipe.white_balance)
+                           white_balance=self.cfg.recipe.white_balance,
+                           augmentation=self.cfg.recipe.augmentation)
         sampler = SeededSampler(  # DistributedSampler's sharding, plus augmentation seeds
             len(ds), self.cfg.seed, shuffle=train, rank=self.world.rank if train else 0,
             world=self.world.size if train else 1, pad=train,

@@ -43,11 +43,11 @@ _OVER = {"mild": 2.0**0.6, "strong": 2.0}  # +0.6 EV, +1 EV
 _WHITE_BALANCE = {"mild": (1.2, 1.0, 0.8), "strong": (1.4, 1.0, 0.6)}  # linear gains, R G B
 
 # Ruifrok & Johnston's H&E-DAB optical-density basis (rows: H, E, residual), in RGB order.
-_HED_FROM_RGB = np.array(
+HED_FROM_RGB = np.array(
     [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64
 )
-_HED_FROM_RGB /= np.linalg.norm(_HED_FROM_RGB, axis=1, keepdims=True)
-_RGB_FROM_HED_INV = np.linalg.inv(_HED_FROM_RGB)
+HED_FROM_RGB /= np.linalg.norm(HED_FROM_RGB, axis=1, keepdims=True)
+_RGB_FROM_HED_INV = np.linalg.inv(HED_FROM_RGB)
 
 
 def conditions() -> list[tuple[str, str]]:
@@ -76,7 +76,7 @@ def stain_od_shift(rgb: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.n
     of an RGB uint8 image (HED-style stain augmentation)."""
     od = -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
     stains = od @ _RGB_FROM_HED_INV.astype(np.float32)
-    od = (stains * alpha.astype(np.float32) + beta.astype(np.float32)) @ _HED_FROM_RGB.astype(
+    od = (stains * alpha.astype(np.float32) + beta.astype(np.float32)) @ HED_FROM_RGB.astype(
         np.float32)
     return _to_uint8(256.0 * np.exp(-np.maximum(od, 0.0)) - 1.0)
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+#: Augmentation profiles (lgld.training.augment): one microscope's lamp, or across microscopes.
+AUGMENTATIONS = ("lamp", "microscope")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -23,6 +26,7 @@ class Recipe:
     augment: bool = True
     color_jitter: float = 1.0  # scale of the stain/brightness/contrast jitter (0: none)
     white_balance: float = 0.2  # red and blue gains within +-this in linear light
+    augmentation: str = "lamp"  # lamp (one microscope's lamp) | microscope (spans microscopes)
     # Progressive resizing: train the first `small_fraction` of epochs at
     # `small_factor` x the final input size (rounded to a multiple of 16), then at full size.
     small_fraction: float = 0.4
@@ -44,6 +48,7 @@ def get_recipe(
     batch_size: int | None = None,
     color_jitter: float | None = None,
     white_balance: float | None = None,
+    augmentation: str | None = None,
 ) -> Recipe:
     """``paper``: Adam lr 1e-2, StepLR(5, 0.5), 50 epochs, batch 32, no augmentation.
     ``default``: AdamW + warm-up/cosine, label smoothing, smear-aware augmentation and
@@ -72,4 +77,6 @@ def get_recipe(
         changes["color_jitter"] = color_jitter
     if white_balance is not None:
         changes["white_balance"] = white_balance
+    if augmentation is not None:
+        changes["augmentation"] = augmentation
     return Recipe(**{**asdict(r), **changes}) if changes else r

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from lgld.runtime.core.countlog import read_log
 from lgld.runtime.core.files import IMAGE_SUFFIXES
 
 log = logging.getLogger("lgld.runtime")
@@ -97,8 +98,8 @@ class CropBudget:
     """Keeps the crops under ``folder`` within ``limit_mb``; cell mode calls :meth:`added`
     with the files it saved for a counted cell.
 
-    ``reviewed`` returns the crop files reviewed so far (e.g.
-    :func:`lgld.runtime.review.crops.reviewed_crops` of the log); it is asked only when pruning.
+    ``reviewed`` returns the crop files reviewed so far (e.g. :func:`reviewed_crops` of the
+    log); it is asked only when pruning.
     """
 
     def __init__(self, folder: str | os.PathLike, limit_mb: float,
@@ -156,3 +157,11 @@ class CropBudget:
         thread = self._pruning
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+
+
+def reviewed_crops(log_path: str | os.PathLike) -> set[Path]:
+    """The crop files of every reviewed cell in a cell-mode log (and its rotated siblings)."""
+    session_log = read_log(log_path)
+    base = session_log.path.parent
+    return {(base / cell.crop).resolve() for s in session_log.sessions for cell in s.cells
+            if cell.review is not None and cell.crop}

@@ -45,6 +45,12 @@ RED_CELL_OD = (0.54, 0.72, 0.43)
 WBC_PER_RBC = 1.96
 #: Default white-cell diameter range (config [cells] diameter_px: 640x480 at 100x).
 DEFAULT_DIAMETER_PX = CellsSection().diameter_range() or (120.0, 330.0)
+#: What sets the crops' scale: the measured red cells (else the range), or the range alone.
+FRAMINGS = ("red-cells", "range")
+#: The red cells overrule the configured range's framing when they measure a typical white cell
+#: more than this factor off it: a per-frame measurement is noisy (+-15 %), a wrong objective
+#: or camera is not (a PBC crop: 0.65x the 640x480 range).
+FRAMING_TRUST = 1.35
 #: More connected components than this in one frame: keep the largest, warn (smear artefacts).
 MAX_COMPONENTS = 400
 
@@ -66,19 +72,23 @@ class DetectorSettings:
     """What the detector needs to know; defaults suit a 640x480 frame at 100x."""
 
     diameter_px: tuple[float, float] | None = DEFAULT_DIAMETER_PX  # None = auto
+    framing: str = CellsSection.framing  # red-cells | range: what sets the crops' scale
     max_cells: int = CellsSection.max_cells
     nucleus_low: float = CellsSection.nucleus_low
     nucleus_high: float = CellsSection.nucleus_high
 
     @classmethod
     def from_config(cls, c: CellsSection) -> DetectorSettings:
-        return cls(c.diameter_range(), c.max_cells, c.nucleus_low, c.nucleus_high)
+        return cls(c.diameter_range(), c.framing, c.max_cells, c.nucleus_low, c.nucleus_high)
 
     def __post_init__(self) -> None:
         if self.diameter_px is not None:
             lo, hi = self.diameter_px
             if not (4 <= lo <= hi):
                 raise ValueError(f"cells diameter range must be 4 <= min <= max, got {lo}, {hi}")
+        if self.framing not in FRAMINGS:
+            raise ValueError(f"cells framing must be one of {', '.join(FRAMINGS)}, "
+                             f"not {self.framing!r}")
         if self.max_cells < 1:
             raise ValueError("cells max_cells must be >= 1")
         if not 0 < self.nucleus_low <= self.nucleus_high:
@@ -102,6 +112,7 @@ class Detections:
 
     cells: list[Detection]
     diameter_px: tuple[float, float]  # the range used (measured when auto)
+    framing_diameter: float | None = None  # typical white cell from the red cells, if measured
     capped: bool = False  # more candidates than max_cells (or MAX_COMPONENTS) were found
     candidates: int = 0  # nucleus clusters before the cap
     warnings: list[str] = field(default_factory=list)
@@ -109,6 +120,12 @@ class Detections:
     @property
     def typical_diameter(self) -> float:
         return math.sqrt(self.diameter_px[0] * self.diameter_px[1])
+
+    @property
+    def crop_diameter(self) -> float:
+        """The typical white-cell diameter the crops are framed by: from the red cells where
+        they were measured (any objective and camera), else the detection range's."""
+        return self.framing_diameter or self.typical_diameter
 
 
 def background_reference(image: np.ndarray) -> np.ndarray:
@@ -167,19 +184,22 @@ class CellDetector:
         self._rbc: deque[float] = deque(maxlen=15)
         self._frames = 0
 
-    def diameter_range(self, image: np.ndarray) -> tuple[float, float]:
-        """The configured range, or one measured from the red cells (every 10th frame)."""
-        if self.settings.diameter_px is not None:
-            return self.settings.diameter_px
+    def _measure(self, image: np.ndarray) -> float | None:
+        """The typical white-cell diameter from the red cells (measured every 10th frame,
+        the median of the last 15 measurements), None while none could be measured."""
         if self._frames % 10 == 0 or not self._rbc:
             rbc = measure_rbc_diameter(image)
             if rbc is not None:
                 self._rbc.append(rbc)
         self._frames += 1
-        if not self._rbc:
-            return DEFAULT_DIAMETER_PX
-        typical = float(np.median(self._rbc)) * WBC_PER_RBC
-        return (typical / 1.6, typical * 1.6)
+        return float(np.median(self._rbc)) * WBC_PER_RBC if self._rbc else None
+
+    def diameter_range(self, image: np.ndarray) -> tuple[float, float]:
+        """The configured range, or one measured from the red cells."""
+        if self.settings.diameter_px is not None:
+            return self.settings.diameter_px
+        typical = self._measure(image)
+        return DEFAULT_DIAMETER_PX if typical is None else (typical / 1.6, typical * 1.6)
 
     def reset_scale(self) -> None:
         """Forget the measured scale (a new slide or objective)."""
@@ -191,12 +211,17 @@ class CellDetector:
         s = self.settings
         d_lo, d_hi = self.diameter_range(image)
         typical = math.sqrt(d_lo * d_hi)
+        framing = None
+        if s.framing == "red-cells":
+            framing = typical if s.diameter_px is None else self._measure(image)
+            if framing is not None and 1 / FRAMING_TRUST < framing / typical < FRAMING_TRUST:
+                framing = None  # the configured objective, unless the red cells clearly differ
         h, w = image.shape[:2]
         scale = min(1.0, WORK_DIAMETER / typical)
         sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
         small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else image
         fx, fy = w / sw, h / sh
-        result = Detections([], (d_lo, d_hi))
+        result = Detections([], (d_lo, d_hi), framing_diameter=framing)
 
         stain = cv2.GaussianBlur(nucleus_stain(small), (3, 3), 0)
         low = (stain > s.nucleus_low).astype(np.uint8)

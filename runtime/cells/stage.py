@@ -97,7 +97,7 @@ class CellStage:
         chosen = [i for i, c in enumerate(found.cells) if self.tracker is None or not c.partial]
         batch = None
         if chosen:
-            crops = cell_crops(image, [found.cells[i] for i in chosen], found.typical_diameter,
+            crops = cell_crops(image, [found.cells[i] for i in chosen], found.crop_diameter,
                                self.classifier.info.input_size)
             batch = self.classifier.prepare(crops)
         t2 = time.perf_counter()
@@ -112,7 +112,7 @@ class CellStage:
             probs[prepared.classified] = self.classifier.predict(prepared.batch)
             probs[~np.isfinite(probs).all(axis=1)] = 0.0  # a broken output is never a class
         result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
-        side = crop_side(found.typical_diameter)
+        side = crop_side(found.crop_diameter)
         if self.tracker is None:
             for i, cell in enumerate(found.cells):
                 record = self._untracked(cell, probs[i])

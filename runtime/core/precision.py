@@ -98,3 +98,21 @@ def choose_precision(
         return PrecisionChoice(path, "fp32", f"auto: fp32, {sibling.name} has no passed "
                                              "accuracy gate")
     return PrecisionChoice(sibling, "int8", f"auto: INT8 ({cpu.summary()})")
+
+
+def fp32_file(path: Path) -> Path:
+    """``lgld-all.int8.onnx`` -> ``lgld-all.onnx``; an fp32 path as it is."""
+    return path.with_name(path.name.removesuffix(INT8_SUFFIX) + ".onnx") if is_int8_file(
+        path) else path
+
+
+def model_card(path: str | Path) -> Path:
+    """The model card beside a model file, shared by its fp32 and INT8 files (``NAME.md``)."""
+    return fp32_file(Path(path)).with_suffix(".md")
+
+
+def model_label(path: str | Path, precision: str) -> str:
+    """How every output names the model that ran: its file and precision, e.g.
+    ``lgld-wbc5.int8.onnx (int8)`` (``int8-qdq`` and other INT8 spellings read ``int8``)."""
+    kind = "int8" if str(precision).lower().startswith("int8") else (precision or "fp32")
+    return f"{Path(path).name} ({kind})"

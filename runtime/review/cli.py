@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.core.countlog import SessionLogError, read_log
+from lgld.runtime.core.cliutil import OneLineParser, plural, run_cli
+from lgld.runtime.core.countlog import SessionLog, SessionLogError, read_log
 from lgld.runtime.core.files import write_atomic
 from lgld.runtime.core.untrusted import shown, text_arg, utf8_safe
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary
@@ -21,7 +21,7 @@ PROG = "lgld-report"
 
 EPILOG = """\
 examples:
-  lgld-report results.jsonl -o report.html            the latest session
+  lgld-report results.jsonl -o report.html            the latest session with cells
   lgld-report results.jsonl --list                     the sessions in the log
   lgld-report results.jsonl --session 20261201-170254-3fa2 -o r.html --csv cells.csv --json s.json
 """
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("log", metavar="LOG.jsonl", type=text_arg, help="the result log lgld-run wrote")
     p.add_argument("--session", metavar="ID", type=text_arg,
-                   help="session id (default: the latest)")
+                   help="session id (default: the latest one with counted cells)")
     p.add_argument("-o", "--output", metavar="REPORT.html", type=text_arg,
                    help="write the HTML report here")
     p.add_argument("--csv", metavar="FILE", type=text_arg, help="write the per-cell table here")
@@ -54,9 +54,15 @@ def _list(log) -> int:
     for s in log.sessions:
         start = s.start.isoformat(timespec="seconds") if s.start else "?"
         label = f"  {shown(s.sample)}" if s.sample else ""
-        print(f"{shown(s.id)}  {start}  {len(s.cells)} cells{label}")
+        print(f"{shown(s.id)}  {start}  {plural(len(s.cells), 'cell')}{label}")
     print(f"({log.lines} lines, {log.skipped} skipped)", file=sys.stderr)
     return 0
+
+
+def default_session(log: SessionLog) -> str | None:
+    """The last session with counted cells (a "new count" left empty is not the default);
+    None when no session has any (then the latest)."""
+    return next((s.id for s in reversed(log.sessions) if s.cells), None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     log = read_log(args.log)
     if args.list:
         return _list(log)
-    session = log.get(args.session)
+    session = log.get(args.session or default_session(log))
     # build everything first: an error leaves no output behind
     crops = CropFiles(log, args.crops)
     data = summary(log, session, crops)
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SessionLogError(f"cannot write {target}: {exc.strerror or exc}") from None
     counts = session.reviewed_counts()
-    print(f"{PROG}: session {shown(session.id)}: {len(session.cells)} cells, "
+    print(f"{PROG}: session {shown(session.id)}: {plural(len(session.cells), 'cell')}, "
           f"{sum(counts.values())} after review; wrote "
           + ", ".join(str(Path(t)) for t, _ in outputs))
     if log.skipped:

@@ -26,6 +26,7 @@ from lgld.runtime.config import SourceSection
 from lgld.runtime.core.countlog import UNCLASSIFIED, Cell, Session, SessionLog
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import model_card, model_label
 from lgld.runtime.core.untrusted import (
     UntrustedError,
     check_pixels,
@@ -138,6 +139,8 @@ def summary(log: SessionLog, session: Session, crops: CropFiles | None = None) -
         "time_to_target_s": _round(session.time_to_target_s(), 1),
         "frames": session.frames,
         "model": {
+            "label": model_label(session.model.path, session.model.precision)
+            if session.model.path else None,
             "name": session.model.name,
             "path": session.model.path,
             "sha256": session.model.sha256,
@@ -371,7 +374,7 @@ def find_model_card(session: Session) -> tuple[Path, str] | None:
     for found in models:
         if not _is_model(found, sha256):
             continue
-        card = found.with_suffix(".md")
+        card = model_card(found)  # NAME.md, shared by NAME.onnx and NAME.int8.onnx
         try:
             if card.is_file() and card.stat().st_size <= MAX_CARD_BYTES:
                 return card, card.read_text(encoding="utf-8")
@@ -569,6 +572,7 @@ def _model_html(session: Session) -> str:
     """The model's table and its card (when found beside the model file)."""
     model = session.model
     rows = [
+        ("model", _h(model_label(model.path, model.precision)) if model.path else "unknown"),
         ("name", _h(model.name) or '<span class="muted">unknown</span>'),
         ("precision", _h(model.precision) or "unknown"),
         ("sha256", f"<code>{_h(model.sha256) or 'unknown'}</code>"),

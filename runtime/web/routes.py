@@ -7,7 +7,7 @@
 * ``POST /api/snapshot`` save raw frame, overlay and result JSON to ``http.snapshot_dir``
 * ``/api/latest``        the latest result plus counts and rates (JSON)
 * ``/healthz``           200 while frames arrive and inference runs, else 503; with the
-                         flat-field calibration's state (ok, stale, missing)
+                         flat-field calibration's state (ok, stale, missing, demo)
 * ``/metrics``           Prometheus text format (version 0.0.4)
 * ``/api/count``         cell mode: the differential count (counts, %, target, session)
 * ``POST /api/count/reset``  cell mode: end the count session and start a new, empty one
@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 from lgld.runtime.config import HttpSection
 from lgld.runtime.core.jsonlog import loads
 from lgld.runtime.core.modelinfo import lgld_version
+from lgld.runtime.core.precision import model_label
 from lgld.runtime.core.strictjson import dumps
 from lgld.runtime.core.untrusted import UntrustedError, check_text
 from lgld.runtime.pipeline import Pipeline
@@ -105,14 +106,20 @@ class App:
 
     def review_desk(self) -> ReviewDesk:
         if self.review is None:
-            raise ReviewError("review needs cell mode and a log (--mode cells --log FILE)", 409)
+            raise ReviewError("review needs cell mode and a log: this run keeps none (--no-log "
+                              "or [log] path = \"\"); lgld-run --mode cells keeps one by "
+                              "default", 409)
         return self.review
 
     def latest(self) -> dict[str, Any]:
         """/api/latest: the latest result, counts and rates, and the state vocabulary."""
         snap = self.pipeline.snapshot()
+        clf = self.pipeline.classifier
         return {
             "model": snap.model,
+            # the file and precision that run, as --check, the log and the report name them
+            "model_file": model_label(clf.path, clf.info.quantization)
+            if hasattr(clf, "path") and hasattr(clf, "info") else None,
             "classes": self.pipeline.classes,
             "source": snap.source,
             "mode": snap.mode,
@@ -140,7 +147,7 @@ class App:
         return True, "ok"
 
     def calibration(self) -> dict[str, str]:
-        """The flat-field calibration's state (ok | stale | missing) and what to do about it;
+        """The flat-field calibration's state (ok | stale | missing | demo) and what to do about it;
         a missing or stale one does not make the run unhealthy (frames are still classified,
         with the model's own illumination correction only)."""
         cal = self.pipeline.calibration

@@ -1,0 +1,196 @@
+"""Cell types on labelled images from a microscope, scored through cell mode itself.
+
+``python -m lgld.bench.celltypes fields DIR`` scores whole fields laid out like BCCD
+(``images/``, ``annotations/*.xml`` with ``WBC`` boxes, ``labels.csv`` with ``file,types``:
+one type per image, or several separated by ``;`` in no particular order): every field goes
+through the real :class:`~lgld.runtime.cells.stage.CellStage` (detection, framing, white
+balance, one batched model call, the confidence gate) as a folder of images would in
+``lgld-run --mode cells``. A detected whole cell that overlaps a labelled white-cell box
+(IoU >= 0.3) is scored; where a field holds several labelled cells, the called and true types
+are matched as multisets (their order does not follow the boxes).
+
+``python -m lgld.bench.celltypes crops DIR`` scores single-cell crops
+(``<class>/*.jpg``, optionally one part of an lgld split file): the detected cell nearest
+the centre of each crop, as cell mode frames it.
+
+Both report the share of cells with the right type, macro F1, the calls shown as sure
+(state ``ok``) that are wrong, and the differential error (total variation distance between
+the true and the called class shares).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lgld.bench.cellmode import iou, load_items, parse_diameter, voc_boxes
+from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
+from lgld.runtime.cells.stage import CellStage
+from lgld.runtime.cells.track import TrackerSettings
+from lgld.runtime.config import CellsSection
+from lgld.runtime.core.classifier import OnnxClassifier
+from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.preprocess import read_image
+from lgld.runtime.core.zoo import resolve_model
+
+MIN_IOU = 0.3
+
+
+@dataclass
+class Scored:
+    """(true, called, state) per scored cell, and what could not be scored."""
+
+    cells: list[tuple[str, str, str]] = field(default_factory=list)
+    missed: int = 0  # labelled cells with no whole detection on them
+    images: int = 0
+
+    def summary(self, classes: list[str]) -> dict:
+        n = len(self.cells)
+        if not n:
+            raise ValueError("no cell could be scored")
+        right = sum(t == c for t, c, _ in self.cells)
+        sure = [(t, c) for t, c, s in self.cells if s == "ok"]
+        sure_wrong = sum(t != c for t, c in sure)
+        f1s = {}
+        for k in classes:
+            tp = sum(t == k and c == k for t, c, _ in self.cells)
+            fp = sum(t != k and c == k for t, c, _ in self.cells)
+            fn = sum(t == k and c != k for t, c, _ in self.cells)
+            if tp + fn:  # classes absent from the truth are left out of the macro mean
+                f1s[k] = 2 * tp / max(1, 2 * tp + fp + fn)
+        true_share = Counter(t for t, _, _ in self.cells)
+        called_share = Counter(c for _, c, _ in self.cells)
+        tv = 0.5 * sum(abs(true_share[k] - called_share[k]) / n for k in classes)
+        confusion = {t: dict(Counter(c for tt, c, _ in self.cells if tt == t))
+                     for t in sorted(true_share)}
+        return {
+            "images": self.images, "cells": n, "missed": self.missed,
+            "right_type": right / n,
+            "macro_f1": float(np.mean(list(f1s.values()))), "f1": f1s,
+            "sure": len(sure) / n,
+            "sure_wrong_of_sure": sure_wrong / max(1, len(sure)),
+            "sure_wrong_of_cells": sure_wrong / n,
+            "right_of_sure": (len(sure) - sure_wrong) / max(1, len(sure)),
+            "differential_tv": tv,
+            "confusion": confusion,
+        }
+
+
+def read_labels(path: Path) -> dict[str, list[str]]:
+    """labels.csv (file,types) -> file name -> list of types."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["file"]: [t.strip() for t in row["types"].split(";") if t.strip()]
+                for row in csv.DictReader(fh)}
+
+
+def make_stage(args: argparse.Namespace) -> CellStage:
+    classifier = OnnxClassifier(resolve_model(args.model), threads=args.threads)
+    tracker = TrackerSettings(min_confidence=args.min_confidence) if args.min_confidence \
+        else None
+    return CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
+                                                  framing=args.framing),
+                     tracker, tracking=False)
+
+
+def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
+    root = Path(args.data)
+    labels = read_labels(root / "labels.csv")
+    stage = make_stage(args)
+    out = Scored()
+    for name, types in sorted(labels.items()):
+        image = read_image(root / "images" / name)
+        boxes = voc_boxes(root / "annotations" / (Path(name).stem + ".xml"))
+        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
+        cells = [c for c in stage.process(image).cells if c["state"] != "partial"]
+        on_boxes = [c for c in cells if any(iou(c["box"], b) >= MIN_IOU for b in boxes)]
+        # one cell per labelled box at most: the detections that overlap a box best
+        on_boxes = sorted(on_boxes, key=lambda c: -max(iou(c["box"], b) for b in boxes))
+        on_boxes = on_boxes[: len(types)]
+        out.images += 1
+        out.missed += len(types) - len(on_boxes)
+        truth = Counter(types)
+        called = sorted(on_boxes, key=lambda c: c["class"] not in truth)  # matches first
+        pending = list(types)
+        for c in called:  # multiset matching: a right call takes its own type
+            t = c["class"] if c["class"] in pending else pending[0]
+            pending.remove(t)
+            out.cells.append((t, c["class"], c["state"]))
+    return out, stage.classes
+
+
+def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
+    items = load_items(Path(args.data), args.split_file, args.part)
+    if args.limit:
+        items = items[:: max(1, len(items) // args.limit)][: args.limit]
+    stage = make_stage(args)
+    out = Scored()
+    for path, label in items:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
+        cells = stage.process(image).cells
+        out.images += 1
+        if not cells:
+            out.missed += 1
+            continue
+        c = min(cells, key=lambda c: math.hypot((c["box"][0] + c["box"][2] - w) / 2,
+                                                (c["box"][1] + c["box"][3] - h) / 2))
+        out.cells.append((label, c["class"], "ok" if c["state"] == "ok" else c["state"]))
+    return out, stage.classes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m lgld.bench.celltypes", description=__doc__)
+    sub = p.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("fields", help="whole fields: images/, annotations/, labels.csv")
+    c = sub.add_parser("crops", help="single-cell crops: <class>/*.jpg")
+    c.add_argument("--split-file", help="lgld split.json; score its --part only")
+    c.add_argument("--part", default="val")
+    c.add_argument("--limit", type=int, default=0, help="at most N crops, evenly spread")
+    for q in (f, c):
+        q.add_argument("data")
+        q.add_argument("--model", default="wbc5")
+        q.add_argument("--threads", type=int, default=1)
+        q.add_argument("--diameter", type=parse_diameter,
+                       default=CellsSection().diameter_range(),
+                       help="white-cell diameter range LO,HI in pixels, or auto "
+                            "(default: cell mode's)")
+        q.add_argument("--framing", choices=FRAMINGS, default=CellsSection.framing,
+                       help="what scales the crops (default: cell mode's)")
+        q.add_argument("--min-confidence", type=float, default=0.0,
+                       help="the confidence gate (default: cell mode's)")
+        q.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    scored, classes = (score_fields if args.what == "fields" else score_crops)(args)
+    result = scored.summary(classes)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{result['cells']} cells of {result['images']} images ({result['missed']} missed): "
+          f"right type {result['right_type']:.1%}, macro F1 {result['macro_f1']:.3f}, "
+          f"sure {result['sure']:.1%} (wrong: {result['sure_wrong_of_sure']:.1%} of sure, "
+          f"{result['sure_wrong_of_cells']:.1%} of cells), "
+          f"differential TV {result['differential_tv']:.3f}")
+    for t, row in result["confusion"].items():
+        print(f"  {t:<11} -> " + ", ".join(f"{k} {v}" for k, v in sorted(row.items())))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    return run_cli(parser.prog, run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

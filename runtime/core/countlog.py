@@ -87,14 +87,8 @@ def _unit(value: Any) -> float | None:
 
 
 def _text(value: Any, limit: int = MAX_TEXT) -> str:
-    """A bounded string without NUL that UTF-8 can hold (no lone surrogate), else ""."""
-    if not isinstance(value, str) or len(value) > limit or "\0" in value:
-        return ""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return ""
-    return value
+    """A bounded string without NUL, else "" (what a text shows is the reader's to make safe)."""
+    return value if isinstance(value, str) and len(value) <= limit and "\0" not in value else ""
 
 
 def _session_id(value: Any) -> str | None:
@@ -112,8 +106,11 @@ def _depth_ok(value: Any, depth: int = 0) -> bool:
     return True
 
 
-def track_key(value: Any) -> int | None:
-    """A track id: a non-negative integer (``true`` is not track 1); None otherwise."""
+def track_key(value: Any) -> int | str | None:
+    """A logged track id: a non-negative integer (``true`` is not track 1), or for logs lgld
+    did not write a short string kept as it is; None otherwise."""
+    if isinstance(value, str):
+        return _text(value, 64) or None
     return _int(value)
 
 
@@ -121,7 +118,7 @@ def parse_track(value: Any) -> int:
     """A track named by a request (a JSON integer, or decimal digits in a query string)."""
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
         value = int(value)
-    track = track_key(value)
+    track = _int(value)
     if track is None:
         raise ReviewError("track must be a non-negative integer (a counted cell's track)")
     return track
@@ -227,7 +224,7 @@ class Cell:
     """One counted track, with the last review applied to it (if any). Never changed once in
     a session: a review replaces it, so a copy of the cell list is a still picture."""
 
-    track: int | None
+    track: int | str | None
     time: datetime | None
     model_class: str
     confidence: float | None
@@ -276,10 +273,11 @@ class Session:
     orphan_reviews: int = 0  # review events for a track this session never counted
     counted_at_end: int | None = None  # "counted" from session_end, as the live count saw it
     last_event: datetime | None = None
-    _by_track: dict[int, int] = field(default_factory=dict, repr=False)
+    _by_track: dict[int | str, int] = field(default_factory=dict, repr=False)
     # kept as cells are added and reviewed, so counts cost O(classes), not O(cells)
     _model_tally: Counter[str] = field(default_factory=Counter, repr=False)
     _reviewed_tally: Counter[str] = field(default_factory=Counter, repr=False)
+    _names: set[str] = field(default_factory=set, repr=False)  # every class named, as logged
     _rejected: int = field(default=0, repr=False)
     _reviewed_cells: int = field(default=0, repr=False)
 
@@ -287,14 +285,21 @@ class Session:
     def classes(self) -> list[str]:
         """Class order for tables: the model's classes, any others seen, unclassified last."""
         order = list(self.model.classes)
-        extra = {name for tally in (self._model_tally, self._reviewed_tally)
-                 for name, n in tally.items() if n} - set(order)
+        extra = self._names - set(order)
+        if self._model_tally[UNCLASSIFIED] or self._reviewed_tally[UNCLASSIFIED]:
+            extra.add(UNCLASSIFIED)  # what a class the model lacks counts as
         unclassified = [UNCLASSIFIED] if UNCLASSIFIED in extra else []
         return order + sorted(extra - {UNCLASSIFIED}) + unclassified
 
     def review_classes(self) -> list[str]:
         """The classes a cell can be reclassified to: the model's (unclassified is not one)."""
         return [c for c in (self.model.classes or self.classes()) if c != UNCLASSIFIED]
+
+    def counted_as(self, name: str) -> str:
+        """The class a cell of this name counts as: a class the session's model lacks counts as
+        unclassified, as the live count counts it (its name stays on the cell)."""
+        known = self.model.classes
+        return UNCLASSIFIED if known and name not in known else name
 
     def model_counts(self) -> dict[str, int]:
         """Cells per class as the model counted them (every cell event)."""
@@ -305,17 +310,19 @@ class Session:
         return {name: self._reviewed_tally[name] for name in self.classes()}
 
     def reviewed_labels(self) -> list[str]:
-        """Each counted cell's class after review, rejected cells left out (the live count)."""
-        return [c.reviewed_class for c in self.cells if c.reviewed_class is not None]
+        """Each counted cell's class after review as it counts, rejected cells left out (the
+        live count)."""
+        return [self.counted_as(c.reviewed_class) for c in self.cells
+                if c.reviewed_class is not None]
 
-    def cell_of(self, track: int) -> Cell | None:
+    def cell_of(self, track: int | str) -> Cell | None:
         """The counted cell of a track (the last one counted with that id)."""
         index = self._by_track.get(track)
         return None if index is None else self.cells[index]
 
     @property
     def top_track(self) -> int:
-        return max(self._by_track, default=0)
+        return max((t for t in self._by_track if isinstance(t, int)), default=0)
 
     @property
     def rejected(self) -> int:
@@ -387,10 +394,11 @@ class Session:
         if cell.track is not None:
             self._by_track[cell.track] = len(self.cells)
         self.cells.append(cell)
-        self._model_tally[cell.model_class] += 1
-        self._reviewed_tally[cell.model_class] += 1
+        self._names.add(cell.model_class)
+        self._model_tally[self.counted_as(cell.model_class)] += 1
+        self._reviewed_tally[self.counted_as(cell.model_class)] += 1
 
-    def _apply_review(self, track: int, action: str, name: str | None) -> None:
+    def _apply_review(self, track: int | str, action: str, name: str | None) -> None:
         index = self._by_track.get(track)
         if index is None:
             self.orphan_reviews += 1
@@ -399,9 +407,10 @@ class Session:
         new = self.cells[index] = replace(
             old, review=action, review_class=name if action == "reclassify" else None)
         if old.reviewed_class is not None:
-            self._reviewed_tally[old.reviewed_class] -= 1
+            self._reviewed_tally[self.counted_as(old.reviewed_class)] -= 1
         if new.reviewed_class is not None:
-            self._reviewed_tally[new.reviewed_class] += 1
+            self._names.add(new.reviewed_class)
+            self._reviewed_tally[self.counted_as(new.reviewed_class)] += 1
         self._rejected += new.rejected - old.rejected
         self._reviewed_cells += old.review is None
         self.reviews += 1
@@ -409,7 +418,7 @@ class Session:
     def still(self) -> Session:
         """A copy that later cells and reviews do not change (O(cells) pointer copies)."""
         copy = replace(self, cells=list(self.cells), _by_track=dict(self._by_track),
-                       _model_tally=Counter(self._model_tally),
+                       _names=set(self._names), _model_tally=Counter(self._model_tally),
                        _reviewed_tally=Counter(self._reviewed_tally))
         return copy
 
@@ -565,8 +574,6 @@ class SessionReader:
         if not name:
             return False
         session = self.session(sid)
-        if session.model.classes and name not in session.model.classes:
-            name = UNCLASSIFIED  # the live count counts a class its model lacks the same way
         probs = record.get("probs")
         box = record.get("box")
         when = record_time(record)
@@ -592,10 +599,7 @@ class SessionReader:
         name = _text(record.get("class"), 100)
         if track is None or action not in REVIEW_ACTIONS:
             return False
-        known = self.sessions.get(sid)
-        classes = known.model.classes if known is not None else []
-        if action == "reclassify" and (not name or (
-                classes and name not in classes and name != UNCLASSIFIED)):
+        if action == "reclassify" and not name:
             return False
         session = self.session(sid)
         session._apply_review(track, action, name or None)

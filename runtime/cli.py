@@ -44,6 +44,7 @@ from lgld.runtime.config import (
 )
 from lgld.runtime.core.classifier import ModelLoadError, OnnxClassifier, default_threads
 from lgld.runtime.core.cliutil import OneLineParser, plural
+from lgld.runtime.core.domain import DomainCheck, DomainError, DomainReference
 from lgld.runtime.core.files import file_sha256
 from lgld.runtime.core.modelinfo import lgld_version
 from lgld.runtime.core.precision import choose_precision, model_label
@@ -52,6 +53,7 @@ from lgld.runtime.geometry import RegionError
 from lgld.runtime.pipeline import Pipeline, PipelineSettings
 from lgld.runtime.render import Renderer
 from lgld.runtime.results import Result, ResultLog, ResultLogError
+from lgld.runtime.review import validation
 from lgld.runtime.review.live import ReviewDesk
 from lgld.runtime.sources import SourceError, open_source
 from lgld.runtime.sources.images import ImageFolderSource
@@ -285,8 +287,6 @@ def _skip_logger(result_log: ResultLog, source: str) -> Callable[[Path, str], No
 
 def run(cfg: RunConfig) -> int:
     """Run the live pipeline until stopped; returns the exit status."""
-    from lgld.runtime.preview import PreviewWindow, preview_possible
-
     threads = cfg.model.threads or default_threads()
     token = load_token(cfg.http) if cfg.http.listen else ""
     try:
@@ -318,13 +318,7 @@ def run(cfg: RunConfig) -> int:
                 source = open_source(cfg.source.input, cfg.source, scene, cfg.inference.roi_size)
             except (ResultLogError, ServerError, SourceError) as exc:
                 return _error(_exit_code(exc), exc)
-            listeners: list = [result_log] if result_log else []
-            if source.batch:
-                listeners.append(_print_batch_line)
-            if isinstance(source, ImageFolderSource):
-                source.skip_listeners.append(_print_skip_line)
-                if result_log is not None:
-                    source.skip_listeners.append(_skip_logger(result_log, source.name))
+            listeners = _listeners(source, result_log)
             if cfg.inference.mode == "cells":
                 cells, resumed = _count_session(cfg, classifier, result_log,
                                                 tracking=not source.batch)
@@ -333,25 +327,8 @@ def run(cfg: RunConfig) -> int:
                                 classifier.info.name, listeners, cells, cal_state)
             renderer = Renderer(pipeline, cfg.http.jpeg_quality)
             if server is not None:
-                review = (ReviewDesk(cells)
-                          if cells is not None and result_log is not None else None)
-                server.start(App(
-                    pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
-                    max(STALE_AFTER_S, 2 * cfg.source.timeout_s),
-                    guard=AccessGuard(allowed_hosts(cfg.http.allowed_hosts), token),
-                    max_streams=cfg.http.max_streams,
-                    snapshot_min_interval_s=cfg.http.snapshot_min_interval_s,
-                    snapshot_max_bytes=cfg.http.snapshot_max_mb * 1_000_000,
-                    review=review,
-                ))
-            show, why = preview_possible(cfg.display.preview)
-            if show:
-                try:
-                    preview = PreviewWindow()
-                except cv2.error as exc:
-                    log.warning("no preview window: %s", str(exc).strip().splitlines()[-1])
-            elif cfg.display.preview == "on":
-                log.warning("no preview window: %s", why)
+                _serve(server, cfg, token, pipeline, renderer, cells, result_log)
+            preview = _open_preview(cfg)
             log.info(
                 "model %s: %s (%d classes, %d px, %s, %s, illumination %s) | source %s | "
                 "mode %s%s%s%s",
@@ -382,6 +359,54 @@ def run(cfg: RunConfig) -> int:
                 with suppress(Exception):
                     resource.close()
     assert pipeline is not None
+    return _finish(pipeline, source, result_log)
+
+
+def _listeners(source: Any, result_log: ResultLog | None) -> list[Callable[[Result], None]]:
+    """Who hears each result (the log, a batch's printed lines) and each skipped image."""
+    listeners: list[Callable[[Result], None]] = [result_log] if result_log else []
+    if source.batch:
+        listeners.append(_print_batch_line)
+    if isinstance(source, ImageFolderSource):
+        source.skip_listeners.append(_print_skip_line)
+        if result_log is not None:
+            source.skip_listeners.append(_skip_logger(result_log, source.name))
+    return listeners
+
+
+def _serve(server: HttpServer, cfg: RunConfig, token: str, pipeline: Pipeline,
+           renderer: Renderer, cells: CountSession | None, result_log: ResultLog | None) -> None:
+    """Start the live page's server (with the review desk when cell mode keeps a log)."""
+    review = (ReviewDesk(cells)
+              if cells is not None and result_log is not None else None)
+    server.start(App(
+        pipeline, renderer, cfg.http.stream_max_fps, cfg.http.snapshot_dir,
+        max(STALE_AFTER_S, 2 * cfg.source.timeout_s),
+        guard=AccessGuard(allowed_hosts(cfg.http.allowed_hosts), token),
+        max_streams=cfg.http.max_streams,
+        snapshot_min_interval_s=cfg.http.snapshot_min_interval_s,
+        snapshot_max_bytes=cfg.http.snapshot_max_mb * 1_000_000,
+        review=review,
+    ))
+
+
+def _open_preview(cfg: RunConfig) -> Any:
+    """The local preview window, or None (no display, or it could not open: a warning)."""
+    from lgld.runtime.preview import PreviewWindow, preview_possible
+
+    show, why = preview_possible(cfg.display.preview)
+    if show:
+        try:
+            return PreviewWindow()
+        except cv2.error as exc:
+            log.warning("no preview window: %s", str(exc).strip().splitlines()[-1])
+    elif cfg.display.preview == "on":
+        log.warning("no preview window: %s", why)
+    return None
+
+
+def _finish(pipeline: Pipeline, source: Any, result_log: ResultLog | None) -> int:
+    """The end-of-run summary line and the exit status."""
     skipped = source.skipped if isinstance(source, ImageFolderSource) else 0
     log.info("%s%s%s", pipeline.snapshot().summary_line(),
              f"; {skipped} skipped (unreadable or over source.max_image_pixels)" if skipped else "",
@@ -420,7 +445,8 @@ def _count_session(cfg: RunConfig, classifier: OnnxClassifier, result_log: Resul
                             (lambda: reviewed_crops(log_path)) if log_path else frozenset)
     session = CountSession(stage, result_log.write if result_log else None, model, c.sample,
                            c.crops_dir or None, cfg.log.path or None,
-                           crop_budget=budget.added if budget else None)
+                           crop_budget=budget.added if budget else None,
+                           domain=_domain_check(cfg, info.domain, model["sha256"]))
     resumed = session.open(result_log.path if result_log else None,
                            resume=tracking and c.resume)
     if resumed and c.sample and c.sample != session.sample:
@@ -453,10 +479,28 @@ def _stop_count(cells: CountSession, closes: bool) -> None:
                  "count)", line)
 
 
+def _domain_check(cfg: RunConfig, reference: dict[str, Any], sha256: str) -> DomainCheck:
+    """The per-session microscope check: the model's reference and its stored validations."""
+    ref = None
+    if reference:
+        try:
+            ref = DomainReference.from_dict(reference)
+        except DomainError as exc:
+            log.warning("model: %s; the microscope is not checked", exc)
+    try:
+        records = validation.load(calibration.state_dir(cfg.calibration))
+    except validation.ValidationError as exc:
+        log.warning("%s", exc)
+        records = []
+    return DomainCheck(ref, max(1, cfg.cells.domain_cells), validation.for_model(records, sha256))
+
+
 def _count_line(count: dict[str, Any]) -> str:
     parts = [f"{k} {v} ({count['percent'][k]:.0f}%)" for k, v in count["counts"].items() if v]
     total = f"{count['total']}/{plural(count['target'], 'cell')}"
-    return total + (": " + ", ".join(parts) if parts else "")
+    line = total + (": " + ", ".join(parts) if parts else "")
+    domain = count.get("domain")
+    return line + (f"; microscope: {domain['state']} ({domain['message']})" if domain else "")
 
 
 def _message(exc: BaseException) -> str:

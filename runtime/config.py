@@ -137,6 +137,9 @@ class CellsSection:
                             "(target reached, a new count, --new-session); docs/cells.md.")
     crops_dir: str = _f("", "Folder of the counted cells' crops (lgld-run --crops); \"\" =\n"
                             "[http] snapshot_dir when set, else a crops/ folder beside the log.")
+    domain_cells: int = _f(50, "The microscope check of each count session scores its first\n"
+                               "this many counted cells against the model's training images\n"
+                               "(validated / familiar / new microscope).")
     crop_budget_mb: float = _f(500.0, "Disk budget of the counted cells' crops (saved in\n"
                                       "crops_dir): past it the oldest unreviewed cells'\n"
                                       "crops go first, reviewed ones last; 0 = no limit.")

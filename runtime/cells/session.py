@@ -37,12 +37,14 @@ from lgld.runtime.core.countlog import (
     SessionReader,
     cell_record,
     check_review,
+    domain_record,
     now_iso,
     parse_track,
     replay,
     session_end_record,
     session_start_record,
 )
+from lgld.runtime.core.domain import DomainCheck
 from lgld.runtime.core.files import log_files
 from lgld.runtime.core.strictjson import dumps
 
@@ -67,8 +69,10 @@ class CountSession:
         log_path: str | os.PathLike | None = None,
         calibration: dict[str, Any] | None = None,
         crop_budget: Callable[..., None] | None = None,
+        domain: DomainCheck | None = None,
     ) -> None:
         self.stage = stage
+        self.domain = domain  # the microscope check of each session (core.domain)
         self.write = write
         self.model = model or {}
         self.sample = sample
@@ -90,6 +94,8 @@ class CountSession:
             if sample is not None:
                 self.sample = sample
             self.stage.reset()
+            if self.domain is not None:
+                self.domain.reset()
             self.id = new_session_id()
             self.started = time.time()
             self._replay.keep_only(None)
@@ -101,7 +107,9 @@ class CountSession:
         """Write session_end for the current session (idempotent)."""
         with self._lock:
             if self.id is not None:
-                self._emit(session_end_record(self.id, self.stage.count.total))
+                self._emit(session_end_record(
+                    self.id, self.stage.count.total,
+                    None if self.domain is None else self.domain.state()))
                 self.id = None
 
     def open(self, log_path: str | os.PathLike | None, resume: bool = True) -> bool:
@@ -160,6 +168,10 @@ class CountSession:
                         sid, counted.track if counted.track >= 0 else None, counted.label,
                         counted.confidence, counted.probs, counted.frames_seen, counted.box,
                         frame_index, crop_path, context_path))
+                if self.domain is not None and self.domain.add(result.logits):
+                    state = self.domain.state()
+                    log.info("count session %s: %s", sid, state["message"])
+                    self._emit(domain_record(sid, state))
                 # the pipeline's log listener writes this frame's record; the replay counts it
                 self._replay.apply({"event": FRAME, "session": sid, TIME_KEY: now_iso()})
         for warning in result.warnings:
@@ -186,7 +198,8 @@ class CountSession:
     def count(self) -> dict[str, Any]:
         """/api/count: the counts plus the session they belong to."""
         state = self.stage.count.to_dict()
-        state.update(session=self.id, sample=self.sample)
+        state.update(session=self.id, sample=self.sample,
+                     domain=None if self.domain is None else self.domain.state())
         return state
 
     def view(self, files: bool = True) -> SessionLog | None:

@@ -40,6 +40,7 @@ from lgld.runtime.cells.track import (
     TrackerSettings,
 )
 from lgld.runtime.config import CellsSection
+from lgld.runtime.core.classifier import softmax
 
 
 @dataclass
@@ -60,6 +61,7 @@ class CellFrame:
     cells: list[dict[str, Any]]  # the "cells" of the frame record (docs/log-format.md)
     counted: list[CountedCell] = field(default_factory=list)  # counted in this frame
     crops: list[np.ndarray] = field(default_factory=list)  # full-resolution crop per counted
+    logits: list[np.ndarray] = field(default_factory=list)  # model logits per counted cell
     detect_ms: float = 0.0
     classify_ms: float = 0.0
     warnings: list[str] = field(default_factory=list)
@@ -108,8 +110,13 @@ class CellStage:
         t0 = time.perf_counter()
         found = prepared.found
         probs = np.zeros((len(found.cells), len(self.classes)), np.float32)
+        logits = np.full(probs.shape, np.nan, np.float32)
         if prepared.batch is not None:
-            probs[prepared.classified] = self.classifier.predict(prepared.batch)
+            if hasattr(self.classifier, "logits"):
+                logits[prepared.classified] = self.classifier.logits(prepared.batch)
+                probs[prepared.classified] = softmax(logits[prepared.classified])
+            else:  # a classifier that gives probabilities only (tests' stand-ins)
+                probs[prepared.classified] = self.classifier.predict(prepared.batch)
             probs[~np.isfinite(probs).all(axis=1)] = 0.0  # a broken output is never a class
         result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
         side = crop_side(found.crop_diameter)
@@ -122,7 +129,7 @@ class CellStage:
                     self._untracked_ids += 1
                     self._counted(result, CountedCell(
                         self._untracked_ids, label, record["confidence"], record["probs"], 1,
-                        cell.box, i), image, found, side)
+                        cell.box, i), image, found, side, logits)
         else:
             update = self.tracker.update(found.cells, probs, image.shape[1], now)
             for shown in update.cells:
@@ -132,7 +139,7 @@ class CellStage:
                     "track": shown.track, "probs": shown.probs, "counted": shown.counted,
                 })
             for counted in update.counted:
-                self._counted(result, counted, image, found, side)
+                self._counted(result, counted, image, found, side, logits)
         result.classify_ms = prepared.prepare_ms + 1000 * (time.perf_counter() - t0)
         return result
 
@@ -142,9 +149,10 @@ class CellStage:
                              time.monotonic() if now is None else now)
 
     def _counted(self, result: CellFrame, counted: CountedCell, image: np.ndarray,
-                 found: Detections, side: int) -> None:
+                 found: Detections, side: int, logits: np.ndarray) -> None:
         self.count.add(counted.label)
         result.counted.append(counted)
+        result.logits.append(logits[counted.detection_index])
         centre = found.cells[counted.detection_index].centre
         fill = background_reference(image)  # the saved crop is colour-balanced as the model saw it
         result.crops.append(white_balanced(cell_crop(image, centre, side, fill), fill))

@@ -25,9 +25,9 @@ from lgld.runtime.core.jsonlog import iter_lines, parse_line
 FORMAT = 2
 #: The time key of new records; format-1 cell-mode events used ``time`` (still read).
 TIME_KEY = "ts"
-SESSION_START, CELL, REVIEW, SESSION_END, FRAME, SKIP = (
-    "session_start", "cell", "review", "session_end", "frame", "skip")
-SESSION_EVENTS = (SESSION_START, CELL, REVIEW, SESSION_END, FRAME)
+SESSION_START, CELL, REVIEW, SESSION_END, FRAME, SKIP, DOMAIN = (
+    "session_start", "cell", "review", "session_end", "frame", "skip", "domain")
+SESSION_EVENTS = (SESSION_START, CELL, REVIEW, SESSION_END, FRAME, DOMAIN)
 REVIEW_ACTIONS = ("confirm", "reclassify", "reject")
 UNCLASSIFIED = "unclassified"
 MAX_INT = 2**53  # the largest integer every JSON reader holds exactly
@@ -132,8 +132,17 @@ def session_start_record(session: str, sample: str, model: dict[str, Any],
             "sample": sample, "model": model, "calibration": calibration, "target": target}
 
 
-def session_end_record(session: str, counted: int) -> dict[str, Any]:
-    return {"event": SESSION_END, "session": session, TIME_KEY: now_iso(), "counted": counted}
+def session_end_record(session: str, counted: int,
+                       domain: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = {"event": SESSION_END, "session": session, TIME_KEY: now_iso(), "counted": counted}
+    if domain is not None:
+        record["domain"] = domain  # the microscope check's state (core.domain)
+    return record
+
+
+def domain_record(session: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The microscope check's result, once its first cells are scored (core.domain)."""
+    return {"event": DOMAIN, "session": session, TIME_KEY: now_iso(), **state}
 
 
 def cell_record(session: str, track: int | None, label: str, confidence: float,
@@ -527,6 +536,11 @@ class SessionReader:
             return
         if not getattr(self, f"_on_{event}")(sid, record):
             self.skipped += 1
+
+    def _on_domain(self, sid: str, record: dict[str, Any]) -> bool:
+        """The session's microscope check (core.domain; read back by review.validation)."""
+        self.session(sid)._seen(record_time(record))
+        return True
 
     def _on_frame(self, sid: str, record: dict[str, Any]) -> bool:
         session = self.session(sid)

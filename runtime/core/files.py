@@ -86,3 +86,4 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return target
+

@@ -43,6 +43,7 @@ class ModelInfo:
     checkpoint_sha256: str = ""
     lgld_version: str = field(default_factory=lgld_version)
     quantization: str = "fp32"
+    domain: dict[str, Any] = field(default_factory=dict)  # cells.domain's reference, if any
 
     @property
     def input_size(self) -> int:
@@ -62,7 +63,7 @@ class ModelInfo:
             PREFIX + "checkpoint_sha256": self.checkpoint_sha256,
             PREFIX + "version": self.lgld_version,
             PREFIX + "quantization": self.quantization,
-        }
+        } | ({PREFIX + "domain": strictjson.dumps(self.domain)} if self.domain else {})
 
     @classmethod
     def from_metadata(cls, props: dict[str, str], source: str = "model") -> ModelInfo:
@@ -86,6 +87,7 @@ class ModelInfo:
                 checkpoint_sha256=props.get(PREFIX + "checkpoint_sha256", ""),
                 lgld_version=props.get(PREFIX + "version", ""),
                 quantization=props.get(PREFIX + "quantization", "fp32"),
+                domain=json.loads(props.get(PREFIX + "domain", "{}")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelInfoError(f"{source} has damaged lgld metadata: {exc}") from None

@@ -11,10 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from lgld.runtime.config import state_dir as lgld_state_dir
 from lgld.runtime.core.cliutil import OneLineParser, plural, run_cli
 from lgld.runtime.core.countlog import SessionLog, SessionLogError, read_log
 from lgld.runtime.core.files import write_atomic
 from lgld.runtime.core.untrusted import shown, text_arg, utf8_safe
+from lgld.runtime.review import validation
 from lgld.runtime.review.report import CropFiles, cells_csv, render_html, summary
 
 PROG = "lgld-report"
@@ -47,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the folder crops are read from, never outside it (default: the log's "
                         "folder); a crop is found by the longest tail of its logged path")
     p.add_argument("--list", action="store_true", help="list the sessions in the log and exit")
+    p.add_argument("--validate", action="store_true",
+                   help="store the session's reviewed accuracy (Wilson 95%% interval) as this "
+                   "model's validation on this microscope, in the state directory; later "
+                   "sessions that look alike are 'validated'")
+    p.add_argument("--state-dir", metavar="DIR", help="state directory (default: "
+                   "$STATE_DIRECTORY, else ~/.local/state/lgld, as the calibration's)")
     return p
 
 
@@ -75,6 +83,18 @@ def run(args: argparse.Namespace) -> int:
     # build everything first: an error leaves no output behind
     crops = CropFiles(log, args.crops)
     data = summary(log, session, crops)
+    state_dir = Path(args.state_dir).expanduser() if args.state_dir else lgld_state_dir()
+    events = validation.read_session(args.log, session.id)
+    if args.validate:
+        path = validation.save(state_dir, validation.record(events))
+        v = validation.session_validation(events["cells"], events["reviews"])
+        print(f"{PROG}: validated {events['model'].get('name')} on this microscope: "
+              f"{v['right']}/{v['reviewed']} right ({100 * v['accuracy']:.1f}%, 95% CI "
+              f"{100 * v['ci95'][0]:.1f}-{100 * v['ci95'][1]:.1f}%); stored in {path}")
+    data["microscope"] = {**(events["domain"] or {"state": "unchecked", "message": "no "
+                                                  "microscope check in this session"}),
+                          "validations": validation.for_model(
+                              validation.load(state_dir), events["model"].get("sha256", ""))}
     outputs: list[tuple[str, str]] = []
     if args.output:
         outputs.append((args.output, render_html(log, session, crops, data)))
@@ -89,9 +109,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SessionLogError(f"cannot write {target}: {exc.strerror or exc}") from None
     counts = session.reviewed_counts()
-    print(f"{PROG}: session {shown(session.id)}: {plural(len(session.cells), 'cell')}, "
-          f"{sum(counts.values())} after review; wrote "
-          + ", ".join(str(Path(t)) for t, _ in outputs))
+    if outputs:
+        print(f"{PROG}: session {shown(session.id)}: {plural(len(session.cells), 'cell')}, "
+              f"{sum(counts.values())} after review; wrote "
+              + ", ".join(str(Path(t)) for t, _ in outputs))
     if log.skipped:
         print(f"{PROG}: warning: {log.skipped} torn or foreign lines skipped", file=sys.stderr)
     return 0
@@ -100,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.output or args.csv or args.json or args.list):
+    if not (args.output or args.csv or args.json or args.list or args.validate):
         parser.error("nothing to write: give -o REPORT.html, --csv FILE, --json FILE or --list")
     return run_cli(PROG, run, args)
 

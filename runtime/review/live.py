@@ -13,6 +13,7 @@ from typing import Any
 
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.core.countlog import Cell, ReviewError, Session, SessionLog
+from lgld.runtime.review.order import review_order
 from lgld.runtime.review.report import CropFiles, percentages, render_html
 
 __all__ = ["ReviewDesk", "ReviewError", "gallery"]
@@ -50,7 +51,16 @@ def _cell(cell: Cell, crops: CropFiles) -> dict[str, Any]:
 def gallery(log: SessionLog, session: Session) -> dict[str, Any]:
     """The page's review gallery: counts and every counted cell of the session."""
     crops = CropFiles(log)
-    return {**_counts(session), "cells": [_cell(cell, crops) for cell in session.cells]}
+    return {**_counts(session), "review_first": review_first(session),
+            "cells": [_cell(cell, crops) for cell in session.cells]}
+
+
+def review_first(session: Session, limit: int = 24) -> list[Any]:
+    """Tracks of the unreviewed cells to review first for adapting the model (review.order)."""
+    todo = [c for c in session.cells if c.review is None and c.probs]
+    classes = session.classes()
+    probs = [[float(c.probs.get(k) or 0.0) for k in classes] for c in todo]
+    return [todo[i].track for i in review_order(probs)[:limit]]
 
 
 class ReviewDesk:

@@ -522,6 +522,19 @@ def _counts_table(data: dict[str, Any], colours: dict[str, str]) -> str:
     )
 
 
+def _microscope_html(micro: dict[str, Any] | None) -> str:
+    """The session's microscope check and this model's stored validation, as one paragraph."""
+    if not micro:
+        return ""
+    text = f"Microscope: {micro.get('state', '?')}. {micro.get('message', '')}"
+    for rec in micro.get("validations", [])[-1:]:
+        v = rec.get("validation", {})
+        text += (f" Validation stored for this model (session {rec.get('session')}): "
+                 f"{v.get('right')}/{v.get('reviewed')} reviewed cells right, 95% CI "
+                 f"{100 * v.get('ci95', [0, 0])[0]:.0f}-{100 * v.get('ci95', [0, 0])[1]:.0f}%.")
+    return f'<p class="sub">{_h(text, 600)}</p>'
+
+
 def _cards_html(session: Session, data: dict[str, Any]) -> str:
     target = session.target
     reached = target is not None and len(session.cells) >= target
@@ -648,6 +661,7 @@ def render_html(log: SessionLog, session: Session, crops: CropFiles | None = Non
 <p class="sub">Session <code>{_h(session.id)}</code> · {escape(_fmt_time(session.start))}
  · model {_h(model.name or 'unknown')} ({_h(model.precision or '?')})</p>
 <p class="warn">Research and education software, not a diagnostic device.</p></header>
+{_microscope_html(data.get("microscope"))}
 <div class="cards">{_cards_html(session, data)}</div>
 <h2>Differential count</h2>
 <div class="two wide"><div>{_counts_table(data, colours)}</div>

@@ -289,9 +289,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, app.latest())
             elif url.path == "/healthz":
                 ok, reason = app.health()
+                cells = app.pipeline.cells
                 self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy",
                                                 "reason": reason,
-                                                "calibration": app.calibration()})
+                                                "calibration": app.calibration(),
+                                                "microscope": cells.count().get("domain")
+                                                if cells is not None else None})
             elif url.path == "/api/count":
                 if app.pipeline.cells is None:
                     self._error(409, "not in cell mode (lgld-run --mode cells)")

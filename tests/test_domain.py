@@ -1,0 +1,269 @@
+"""The per-session microscope check (core.domain), its place in a count session, and the
+validation record of lgld-report --validate (review.validation)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lgld.runtime.cells.session import CountSession
+from lgld.runtime.cells.stage import CellFrame, CellInput, CellStage
+from lgld.runtime.core.domain import (
+    CHECKING,
+    FAMILIAR,
+    NEW,
+    UNCHECKED,
+    VALIDATED,
+    DomainCheck,
+    DomainError,
+    DomainReference,
+    fit_reference,
+)
+from lgld.runtime.core.modelinfo import ModelInfo
+from lgld.runtime.core.preprocess import PreprocessSpec
+from lgld.runtime.review import cli as report_cli
+from lgld.runtime.review import validation
+
+K = 5
+
+
+def logits_like_training(n: int, rng: np.random.Generator, classes=range(K)) -> np.ndarray:
+    """Each cell: a high logit for its class, noise elsewhere (a well-trained model)."""
+    labels = rng.choice(list(classes), n)
+    x = rng.normal(0.0, 1.0, (n, K))
+    x[np.arange(n), labels] += 8.0
+    return x
+
+
+@pytest.fixture(scope="module")
+def reference() -> DomainReference:
+    return fit_reference(logits_like_training(600, np.random.default_rng(0)), "synthetic")
+
+
+def session_state(ref, logits, n=50, validations=()):
+    check = DomainCheck(ref, first_n=n, validations=list(validations))
+    for row in logits:
+        check.add([row])
+    return check.state()
+
+
+def test_the_model_s_own_kind_of_cells_is_familiar_whatever_the_class_mix(reference):
+    rng = np.random.default_rng(1)
+    for classes in (range(K), [4], [2, 4]):  # all classes, only neutrophils, two classes
+        states = [session_state(reference, logits_like_training(50, rng, classes))["state"]
+                  for _ in range(40)]
+        assert states.count(FAMILIAR) >= 38, (classes, states)
+
+
+def test_cells_unlike_the_reference_are_a_new_microscope(reference):
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        shifted = logits_like_training(50, rng) * 0.4 + rng.normal(0, 1.5, (50, K))
+        state = session_state(reference, shifted)
+        assert state["state"] == NEW and state["z"] > reference.threshold_z
+        assert "lgld-report LOG --validate" in state["message"]
+
+
+def test_checking_until_first_n_cells_and_only_those_count(reference):
+    rng = np.random.default_rng(3)
+    check = DomainCheck(reference, first_n=10)
+    assert not check.add(logits_like_training(9, rng))
+    assert check.state()["state"] == CHECKING and check.state()["cells"] == 9
+    assert check.add(logits_like_training(5, rng))  # this call completed the check
+    assert len(check.scores) == 10
+    assert not check.add(logits_like_training(5, rng) * 0)  # later cells change nothing
+    assert check.state()["state"] == FAMILIAR
+    check.reset()
+    assert check.state()["state"] == CHECKING
+    assert DomainCheck(None).state()["state"] == UNCHECKED
+
+
+def test_a_matching_validation_makes_the_session_validated(reference):
+    rng = np.random.default_rng(4)
+    shifted = logits_like_training(50, rng) * 0.4 + rng.normal(0, 1.5, (50, K))
+    first = DomainCheck(reference, first_n=50)
+    first.add(shifted)
+    st = first.state()
+    record = {"validation": {"reviewed": 40, "right": 36, "accuracy": 0.9, "ci95": [0.77, 0.96]},
+              "domain": {"score_mean": st["score_mean"], "score_sd": st["score_sd"]}}
+    again = logits_like_training(50, rng) * 0.4 + rng.normal(0, 1.5, (50, K))
+    state = session_state(reference, again, validations=[record])
+    assert state["state"] == VALIDATED and "36/40" in state["message"]
+    # a session from the training microscope does not match that validation
+    assert session_state(reference, logits_like_training(50, rng),
+                         validations=[record])["state"] == FAMILIAR
+
+
+def test_reference_round_trips_through_model_metadata_and_refuses_damage(reference):
+    spec = PreprocessSpec(input_size=32)
+    info = ModelInfo(classes=["a", "b", "c", "d", "e"], preprocess=spec,
+                     domain=reference.to_dict())
+    back = ModelInfo.from_metadata(info.to_metadata())
+    ref = DomainReference.from_dict(back.domain)
+    assert np.allclose(ref.means, reference.means, atol=1e-5)
+    assert "lgld.domain" not in ModelInfo(classes=["a", "b"], preprocess=spec).to_metadata()
+    for damage in ({"method": "other"}, {**reference.to_dict(), "score_sd": 0},
+                   {**reference.to_dict(), "precision": [[1]]}):
+        with pytest.raises(DomainError):
+            DomainReference.from_dict(damage)
+    with pytest.raises(DomainError):
+        fit_reference(np.zeros((5, K)))
+
+
+class LogitModel:
+    """The classifier surface of the stage, with logits (like OnnxClassifier)."""
+
+    classes = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
+
+    class info:  # noqa: N801 - mirrors OnnxClassifier.info
+        input_size = 32
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def prepare(self, images):
+        return np.zeros((len(images), 3, 32, 32), np.float32)
+
+    def logits(self, batch):
+        return self.rows[: len(batch)]
+
+
+def test_a_count_session_logs_its_domain_state_once_and_shows_it(reference, monkeypatch):
+    rng = np.random.default_rng(5)
+    rows = logits_like_training(3, rng) * 0.4 + 6.0
+    stage = CellStage(LogitModel(rows), tracking=False)
+    written: list[dict] = []
+    session = CountSession(stage, written.append, domain=DomainCheck(reference, first_n=5))
+    session.start()
+    image = np.full((64, 64, 3), 200, np.uint8)
+
+    def frame(prepared, image, now):  # three counted cells per frame, with their logits
+        return CellFrame([], logits=list(rows), counted=[], crops=[])
+    monkeypatch.setattr(stage, "classify", frame)
+    prepared = CellInput(None, [], None, 0.0, 0.0)
+    session.process(prepared, image, 0.0, 0)
+    assert session.count()["domain"]["state"] == CHECKING
+    session.process(prepared, image, 0.0, 1)
+    session.process(prepared, image, 0.0, 2)
+    domain_events = [e for e in written if e["event"] == "domain"]
+    assert len(domain_events) == 1 and domain_events[0]["state"] == NEW
+    assert session.count()["domain"]["state"] == NEW
+    session.end()
+    assert written[-1]["event"] == "session_end" and written[-1]["domain"]["state"] == NEW
+
+
+def test_stage_passes_each_counted_cell_s_logits():
+    from lgld.runtime.cells.slide import SlideScan
+
+    scan = SlideScan((640, 480))
+    seen = 0
+    for index in range(0, 300, 15):
+        image = scan.frame(index)
+        rows = np.arange(24 * 5, dtype=np.float32).reshape(-1, 5)
+        stage = CellStage(LogitModel(rows), tracking=False)
+        result = stage.process(image)
+        assert len(result.logits) == len(result.counted)
+        for counted, row in zip(result.counted, result.logits, strict=True):
+            assert np.array_equal(row, rows[counted.detection_index])
+        seen += len(result.counted)
+    assert seen >= 3
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    lo, hi = validation.wilson(25, 52)
+    assert (round(lo, 3), round(hi, 3)) == (0.351, 0.613)
+    assert validation.wilson(0, 0) == (0.0, 1.0)
+    lo, hi = validation.wilson(20, 20)
+    assert hi == 1.0 and 0.83 < lo < 0.84
+
+
+def _log(tmp_path, reviews, domain=True):
+    events = [{"event": "session_start", "session": "S", "sample": "slide",
+               "model": {"name": "m", "sha256": "ab" * 32, "precision": "fp32"}}]
+    for t in range(1, 31):
+        events.append({"event": "cell", "session": "S", "track": t, "class": "Neutrophil",
+                       "confidence": 0.9, "probs": {}, "box": [0, 0, 1, 1], "frame": t,
+                       "crop": None})
+    for t, action in reviews.items():
+        r = {"event": "review", "session": "S", "track": t, "action": action}
+        if action == "reclassify":
+            r["class"] = "Lymphocyte"
+        events.append(r)
+    if domain:
+        events.append({"event": "domain", "session": "S", "state": NEW, "z": 20.0,
+                       "score_mean": 2.3, "score_sd": 0.6, "cells": 30, "message": "new"})
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+def test_validate_stores_the_reviewed_accuracy_and_the_report_carries_it(tmp_path, capsys):
+    reviews = {t: "confirm" for t in range(1, 19)} | {t: "reclassify" for t in range(19, 23)}
+    reviews[23] = "reject"
+    log = _log(tmp_path, reviews)
+    state = tmp_path / "state"
+    assert report_cli.main([str(log), "--validate", "--state-dir", str(state),
+                            "--json", str(tmp_path / "s.json")]) == 0
+    records = validation.load(state)
+    assert len(records) == 1
+    v = records[0]["validation"]
+    assert (v["right"], v["reviewed"]) == (18, 22)  # the rejected cell does not count
+    assert v["ci95"] == [round(x, 4) for x in validation.wilson(18, 22)]
+    micro = json.loads((tmp_path / "s.json").read_text())["microscope"]
+    assert micro["state"] == NEW and micro["validations"][0]["session"] == "S"
+    # validating again replaces, never duplicates
+    assert report_cli.main([str(log), "--validate", "--state-dir", str(state)]) == 0
+    assert len(validation.load(state)) == 1
+    assert "18/22 right" in capsys.readouterr().out
+
+
+def test_validate_refuses_too_few_reviews_or_no_domain_check(tmp_path, capsys):
+    state = tmp_path / "state"
+    log = _log(tmp_path, {t: "confirm" for t in range(1, 6)})
+    assert report_cli.main([str(log), "--validate", "--state-dir", str(state)]) == 1
+    assert "needs at least 20" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "state", ignore_errors=True)
+    log = _log(tmp_path, {t: "confirm" for t in range(1, 25)}, domain=False)
+    assert report_cli.main([str(log), "--validate", "--state-dir", str(state)]) == 1
+    assert "no domain check" in capsys.readouterr().err
+    assert not (state / validation.VALIDATIONS_FILE).exists()
+    state.mkdir()
+    (state / validation.VALIDATIONS_FILE).write_text("{broken")
+    with pytest.raises(validation.ValidationError, match="unreadable"):
+        validation.load(state)
+
+
+def test_domainstats_writes_the_reference_into_the_model(tiny_model, tmp_path, capsys):
+    import cv2
+
+    from lgld.export import domainstats
+    from lgld.runtime.core.classifier import OnnxClassifier
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_model, model)
+    rng = np.random.default_rng(0)
+    classes = OnnxClassifier(model, threads=1).classes
+    for name in classes:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(15):
+            image = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+            cv2.imwrite(str(tmp_path / "data" / name / f"{i}.png"), image)
+    assert domainstats.main([str(model), "--data", str(tmp_path / "data"), "--limit", "60"]) == 0
+    clf = OnnxClassifier(model, threads=1)
+    ref = DomainReference.from_dict(clf.info.domain)
+    assert ref.cells == 60 and ref.means.shape == (len(classes), len(classes))
+    assert clf.info.classes == classes  # the rest of the metadata is kept
+    assert domainstats.main([str(tmp_path / "none.onnx"), "--data", "x"]) == 1
+    assert "model not found" in capsys.readouterr().err
+
+
+def test_a_domain_event_belongs_to_its_session_in_the_report_reader(tmp_path):
+    from lgld.runtime.core.countlog import read_log
+
+    log = _log(tmp_path, {})
+    parsed = read_log(log)
+    assert parsed.other_records == 0 and parsed.skipped == 0
+    assert len(parsed.get("S").cells) == 30

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import types
+import urllib.request
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -202,6 +203,35 @@ def one_torch_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
 
+
+
+def get_json(url: str) -> dict:
+    """GET a JSON answer from a test server on loopback."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def post_json(url: str, body: dict | bytes = b"") -> dict:
+    """POST a JSON body (a dict, or bytes as they are) and read the JSON answer."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_for_json(url: str, ok, timeout: float = 120.0) -> dict:
+    """Poll a JSON URL until ``ok(answer)``; generous by default, CI cores are shared."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = get_json(url)
+            if ok(state):
+                return state
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} never reached the expected state")
 
 def free_port() -> int:
     with socket.socket() as s:

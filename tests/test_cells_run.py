@@ -3,18 +3,16 @@ events and resuming the count, and refusing models that are not white-cell model
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
-from conftest import free_port, read_jsonl
+from conftest import free_port, get_json, post_json, read_jsonl, wait_for_json
 
 from lgld.bench.cellmode import iou, voc_boxes
 from lgld.runtime import cli
@@ -65,18 +63,6 @@ def test_a_model_without_white_cell_classes_refuses_cell_mode(tmp_path, capsys, 
     assert rc == 2 and len(err) == 1 and "white-cell model" in err[0]
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _post(url: str, body: bytes = b"") -> dict:
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def _run_with_client(args: list[str], client) -> int:
     """cli.main(args) in this (main) thread while client() talks to it, then SIGTERM."""
     failure: list[BaseException] = []
@@ -98,19 +84,6 @@ def _run_with_client(args: list[str], client) -> int:
     return rc
 
 
-def _wait(url: str, ok, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = _get(url)
-            if ok(state):
-                return state
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} never reached the expected state")
-
-
 def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_path):
     log, crops = tmp_path / "log" / "results.jsonl", tmp_path / "crops"
     config = tmp_path / "c.toml"
@@ -123,21 +96,21 @@ def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_p
     seen: dict = {}
 
     def first_run() -> None:
-        count = _wait(f"{base}/api/count", lambda c: c["total"] >= 2)
+        count = wait_for_json(f"{base}/api/count", lambda c: c["total"] >= 2)
         assert set(count["counts"]) == {"Basophil", "Eosinophil", "Lymphocyte", "Monocyte",
                                         "Neutrophil", "unclassified"}
         seen["first"] = count["session"]
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
         assert 'lgld_cells_counted_total{class="Neutrophil"}' in metrics
-        latest = _get(f"{base}/api/latest")
+        latest = get_json(f"{base}/api/latest")
         assert latest["mode"] == "cells" and latest["count"]["session"] == seen["first"]
         page = urllib.request.urlopen(f"{base}/", timeout=10).read().decode()
         assert "/api/count/reset" in page
-        reset = _post(f"{base}/api/count/reset")
+        reset = post_json(f"{base}/api/count/reset")
         assert reset["total"] == 0 and reset["session"] != seen["first"]
-        seen["labelled"] = _post(f"{base}/api/session", json.dumps({"sample": "slide 7"}).encode())
+        seen["labelled"] = post_json(f"{base}/api/session", {"sample": "slide 7"})
         assert seen["labelled"]["sample"] == "slide 7"
-        seen["counted"] = _wait(f"{base}/api/count", lambda c: c["total"] >= 1)
+        seen["counted"] = wait_for_json(f"{base}/api/count", lambda c: c["total"] >= 1)
 
     assert _run_with_client(args, first_run) == 0
     records = list(read_records(log))
@@ -154,7 +127,7 @@ def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_p
     port = free_port()
 
     def second_run() -> None:
-        resumed = _wait(f"http://127.0.0.1:{port}/api/count",
+        resumed = wait_for_json(f"http://127.0.0.1:{port}/api/count",
                         lambda c: c["session"] == seen["labelled"]["session"])
         assert resumed["total"] >= seen["counted"]["total"] and resumed["sample"] == "slide 7"
 

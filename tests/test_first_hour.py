@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, get_json, post_json, wait_for_json
 
 from lgld.runtime import cli
 from lgld.runtime.core.precision import model_card, model_label
@@ -30,31 +29,6 @@ from lgld.runtime.overlay import (
     text_colour_on,
 )
 from lgld.runtime.review.cli import main as report_main
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _wait(url: str, ok, timeout: float = 120.0) -> dict:  # generous: shared CI cores
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = _get(url)
-            if ok(state):
-                return state
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} never reached the expected state")
 
 
 def _run_with_client(args: list[str], client, stop: signal.Signals) -> int:
@@ -89,8 +63,8 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
     seen: dict = {}
 
     def first_run() -> None:
-        seen["count"] = _wait(f"{base}/api/count", lambda c: c["total"] >= 2)
-        review = _wait(f"{base}/api/review", lambda r: len(r.get("cells", [])) >= 2)
+        seen["count"] = wait_for_json(f"{base}/api/count", lambda c: c["total"] >= 2)
+        review = wait_for_json(f"{base}/api/review", lambda r: len(r.get("cells", [])) >= 2)
         assert review["session"] == seen["count"]["session"]
         cell = review["cells"][0]
         assert cell["crop"] is True  # no "no crop" tiles: crops are kept beside the log
@@ -98,7 +72,7 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
                                     timeout=10) as response:
             assert response.headers["Content-Type"] == "image/jpeg"
             assert response.read(2) == b"\xff\xd8"
-        latest = _get(f"{base}/api/latest")
+        latest = get_json(f"{base}/api/latest")
         assert latest["calibration"]["state"] == "demo"
         assert latest["model_file"] in ("lgld-wbc5.onnx (fp32)", "lgld-wbc5.int8.onnx (int8)")
         metrics = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
@@ -116,12 +90,13 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
     assert any((state / "crops").rglob("*.jpg"))
 
     def second_run() -> None:
-        count = _wait(f"{base}/api/count", lambda c: c["total"] >= seen["count"]["total"] + 1)
+        count = wait_for_json(f"{base}/api/count",
+                              lambda c: c["total"] >= seen["count"]["total"] + 1)
         assert count["session"] == session  # the same count, continued
-        review = _get(f"{base}/api/review")
+        review = get_json(f"{base}/api/review")
         cell = review["cells"][0]
         other = next(c for c in review["review_classes"] if c != cell["model_class"])
-        _post(f"{base}/api/review", {"session": session, "track": cell["track"],
+        post_json(f"{base}/api/review", {"session": session, "track": cell["track"],
                                      "action": "reclassify", "class": other})
         seen["reviewed"] = (cell["track"], other)
 

@@ -100,6 +100,9 @@ def test_every_command_exits_with_its_code_and_one_error_line(name, case, tmp_pa
         code = exc.code
     expected = LGLD_RUN.get(case, EXPECTED[case]) if name == "lgld-run" else EXPECTED[case]
     err = capsys.readouterr().err
+    extra = FIRST_MISSING.get(name)
+    if extra and EXTRA_LINE.format(module=extra) in err:  # a runtime-only install
+        pytest.skip(f"without the train extra, {name} stops at it first (tested below)")
     assert code == expected, (name, case, err)
     if case == "interrupted":
         assert err.strip().splitlines()[-1] == f"{name}: interrupted", err

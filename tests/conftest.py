@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import signal
 import socket
 import sys
 import threading
@@ -232,6 +234,30 @@ def wait_for_json(url: str, ok, timeout: float = 120.0) -> dict:
             pass
         time.sleep(0.3)
     raise AssertionError(f"{url} never reached the expected state")
+
+
+def run_lgld_with_client(args: list[str], client, stop: int = signal.SIGTERM) -> int:
+    """lgld-run's main(args) in this (main) thread while client() talks to it in another, then
+    ``stop`` (SIGTERM, or SIGINT for Ctrl-C); a client failure is raised after the run ends."""
+    from lgld.runtime import cli
+
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            client()
+        except BaseException as exc:  # reported after the run has stopped
+            failure.append(exc)
+        finally:
+            os.kill(os.getpid(), stop)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    rc = cli.main(args)
+    thread.join(10)
+    if failure:
+        raise failure[0]
+    return rc
 
 def free_port() -> int:
     with socket.socket() as s:

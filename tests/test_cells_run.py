@@ -3,16 +3,13 @@ events and resuming the count, and refusing models that are not white-cell model
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import threading
 import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
-from conftest import free_port, get_json, post_json, read_jsonl, wait_for_json
+from conftest import free_port, get_json, post_json, read_jsonl, run_lgld_with_client, wait_for_json
 
 from lgld.bench.cellmode import iou, voc_boxes
 from lgld.runtime import cli
@@ -63,27 +60,6 @@ def test_a_model_without_white_cell_classes_refuses_cell_mode(tmp_path, capsys, 
     assert rc == 2 and len(err) == 1 and "white-cell model" in err[0]
 
 
-def _run_with_client(args: list[str], client) -> int:
-    """cli.main(args) in this (main) thread while client() talks to it, then SIGTERM."""
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            client()
-        except BaseException as exc:  # reported after the run has stopped
-            failure.append(exc)
-        finally:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    rc = cli.main(args)
-    thread.join(10)
-    if failure:
-        raise failure[0]
-    return rc
-
-
 def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_path):
     log, crops = tmp_path / "log" / "results.jsonl", tmp_path / "crops"
     config = tmp_path / "c.toml"
@@ -112,7 +88,7 @@ def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_p
         assert seen["labelled"]["sample"] == "slide 7"
         seen["counted"] = wait_for_json(f"{base}/api/count", lambda c: c["total"] >= 1)
 
-    assert _run_with_client(args, first_run) == 0
+    assert run_lgld_with_client(args, first_run) == 0
     records = list(read_records(log))
     events = [r.get("event") for r in records]
     # the reset and "new count" ended two sessions; the stop (SIGTERM) leaves the third open
@@ -131,4 +107,4 @@ def test_live_demo_counts_serves_the_count_resets_and_resumes_from_the_log(tmp_p
                         lambda c: c["session"] == seen["labelled"]["session"])
         assert resumed["total"] >= seen["counted"]["total"] and resumed["sample"] == "slide 7"
 
-    assert _run_with_client([*args[:-1], str(port)], second_run) == 0
+    assert run_lgld_with_client([*args[:-1], str(port)], second_run) == 0

@@ -5,15 +5,13 @@ reviewed through the HTTP API with its crops, and reported by lgld-report."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import threading
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, get_json, post_json, wait_for_json
+from conftest import free_port, get_json, post_json, run_lgld_with_client, wait_for_json
 
 from lgld.runtime import cli
 from lgld.runtime.core.precision import model_card, model_label
@@ -29,27 +27,6 @@ from lgld.runtime.overlay import (
     text_colour_on,
 )
 from lgld.runtime.review.cli import main as report_main
-
-
-def _run_with_client(args: list[str], client, stop: signal.Signals) -> int:
-    """cli.main(args) in this (main) thread while client() talks to it, then ``stop``."""
-    failure: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            client()
-        except BaseException as exc:  # reported after the run has stopped
-            failure.append(exc)
-        finally:
-            os.kill(os.getpid(), stop)
-
-    thread = threading.Thread(target=body, daemon=True)
-    thread.start()
-    rc = cli.main(args)
-    thread.join(10)
-    if failure:
-        raise failure[0]
-    return rc
 
 
 def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_use(
@@ -79,7 +56,7 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
         assert "lgld_cells_counted_total" in metrics  # cells, not per-frame class results
         assert "lgld_class_results_total" not in metrics
 
-    assert _run_with_client(command_1, first_run, signal.SIGTERM) == 0
+    assert run_lgld_with_client(command_1, first_run, signal.SIGTERM) == 0
     err = capsys.readouterr().err
     state = tmp_path / "state" / "lgld"
     log = state / "counts.jsonl"
@@ -100,7 +77,7 @@ def test_command_1_keeps_a_count_that_a_restart_continues_and_review_and_report_
                                      "action": "reclassify", "class": other})
         seen["reviewed"] = (cell["track"], other)
 
-    assert _run_with_client(command_1, second_run, signal.SIGINT) == 0  # Ctrl-C
+    assert run_lgld_with_client(command_1, second_run, signal.SIGINT) == 0  # Ctrl-C
     err = capsys.readouterr().err
     assert f"resumed count session {session} at " in err and "SIGINT received" in err
 

@@ -85,15 +85,15 @@ def field_truth(log_path: Path, fields: Path) -> dict[object, str | None]:
     return truth
 
 
-def review_from_fields(log_path: Path, fields: Path) -> int:
-    session = read_log(log_path).get()
-    truth = field_truth(log_path, fields)
+def write_reviews(log_path: Path, session, label_of, unreviewed: str) -> int:
+    """Append a review for every counted cell: ``label_of(cell)`` None rejects it, a class
+    confirms or reclassifies it, "" leaves it unreviewed (counted as ``unreviewed``)."""
     done: Counter = Counter()
     events = []
     for cell in session.cells:
-        label = truth.get(cell.track, "")
+        label = label_of(cell)
         if label == "":
-            done["left unreviewed (no single type)"] += 1
+            done[unreviewed] += 1
             continue
         if label is None:
             body = {"track": cell.track, "action": "reject"}
@@ -108,6 +108,13 @@ def review_from_fields(log_path: Path, fields: Path) -> int:
     print(f"session {session.id}: {len(session.cells)} counted cells; "
           + ", ".join(f"{n} {what}" for what, n in sorted(done.items())))
     return 0
+
+
+def review_from_fields(log_path: Path, fields: Path) -> int:
+    truth = field_truth(log_path, fields)
+    return write_reviews(log_path, read_log(log_path).get(),
+                         lambda cell: truth.get(cell.track, ""),
+                         "left unreviewed (no single type)")
 
 
 def main(argv: list[str]) -> int:
@@ -127,29 +134,16 @@ def main(argv: list[str]) -> int:
             rows.setdefault(row["image"], []).append(row)
     session = read_log(log_path).get()
     files = frame_files(log_path)
-    done: Counter = Counter()
-    events = []
-    for cell in session.cells:
+
+    def label_of(cell) -> str | None:
         name = files.get((session.id, cell.frame))
         candidates = [(iou(cell.box, r["box"]), r) for r in rows.get(name, [])] if cell.box else []
         best_iou, best = max(candidates, key=lambda c: c[0], default=(0.0, None))
         if best is None or best_iou < MIN_IOU:
-            body = {"track": cell.track, "action": "reject"}
-        elif best["certainty"] == "unsure" or not best["label"]:
-            done["left unreviewed (label unsure)"] += 1
-            continue
-        elif best["label"] == cell.model_class:
-            body = {"track": cell.track, "action": "confirm"}
-        else:
-            body = {"track": cell.track, "action": "reclassify", "class": best["label"]}
-        events.append(check_review(session, {"session": session.id, **body}))
-        done[body["action"]] += 1
-    with open(log_path, "a", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
-    print(f"session {session.id}: {len(session.cells)} counted cells; "
-          + ", ".join(f"{n} {what}" for what, n in sorted(done.items())))
-    return 0
+            return None
+        return "" if best["certainty"] == "unsure" else best["label"]
 
+    return write_reviews(log_path, session, label_of, "left unreviewed (label unsure)")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -143,7 +143,7 @@ def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
             continue
         c = min(cells, key=lambda c: math.hypot((c["box"][0] + c["box"][2] - w) / 2,
                                                 (c["box"][1] + c["box"][3] - h) / 2))
-        out.cells.append((label, c["class"], "ok" if c["state"] == "ok" else c["state"]))
+        out.cells.append((label, c["class"], c["state"]))
     return out, stage.classes
 
 

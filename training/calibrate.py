@@ -24,7 +24,12 @@ import cv2
 import numpy as np
 
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
-from lgld.runtime.core.preprocess import preprocess_batch, read_image, resize_rgb
+from lgld.runtime.core.preprocess import (
+    PreprocessSpec,
+    preprocess_batch,
+    read_image,
+    resize_rgb,
+)
 from lgld.training.augment import augment_microscope
 from lgld.training.data import DataError, load_split
 
@@ -72,8 +77,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def shifted_images(paths: Sequence[Path], size: int, draws: int, seed: int) -> list[np.ndarray]:
     """Each image (BGR), resized to the input size and shown as ``draws`` other microscopes."""
-    from lgld.runtime.core.preprocess import PreprocessSpec
-
     spec = PreprocessSpec(input_size=size)
     out = []
     for i, path in enumerate(paths):

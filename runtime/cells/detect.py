@@ -211,11 +211,12 @@ class CellDetector:
         s = self.settings
         d_lo, d_hi = self.diameter_range(image)
         typical = math.sqrt(d_lo * d_hi)
-        framing = None
-        if s.framing == "red-cells":
-            framing = typical if s.diameter_px is None else self._measure(image)
-            if framing is not None and 1 / FRAMING_TRUST < framing / typical < FRAMING_TRUST:
-                framing = None  # the configured objective, unless the red cells clearly differ
+        framing = None  # with diameter_px auto, the range itself comes from the red cells
+        if s.framing == "red-cells" and s.diameter_px is not None:
+            measured = self._measure(image)
+            # the configured objective, unless the red cells clearly differ
+            if measured is not None and not 1 / FRAMING_TRUST < measured / typical < FRAMING_TRUST:
+                framing = measured
         h, w = image.shape[:2]
         scale = min(1.0, WORK_DIAMETER / typical)
         sw, sh = max(8, round(w * scale)), max(8, round(h * scale))

@@ -102,6 +102,8 @@ def adabn(model: nn.Module, inputs: torch.Tensor, blend: float = 0.5,
     norms = batch_norms(model)
     if not norms:
         raise AdaptError("the model has no BatchNorm layers: nothing to re-estimate")
+    if blend == 0.0:  # the statistics stay the model's: no forward pass needed
+        return model.eval()
     source = [(bn.running_mean.clone(), bn.running_var.clone(), bn.momentum) for bn in norms]
     model.eval()
     for bn in norms:

@@ -5,7 +5,9 @@ With tens of cells only the classifier layer learns: the pooled features of each
 quarter turns of it: cells have no orientation) are computed once with the (adapted) network,
 and the last linear layer is fitted on them, starting from its trained weights and pulled back
 towards them (an L2 anchor), so a handful of cells cannot drag the whole network to them. It
-takes seconds on a CPU after one forward pass per view. Measured in docs/lab-loop.md.
+takes seconds on a CPU after one forward pass per view. :func:`refit_head` is the
+alternative measured beside it: the same layer refitted as a regularised logistic regression
+(deterministic L-BFGS), classes without reviewed cells kept. Measured in docs/lab-loop.md.
 """
 
 from __future__ import annotations

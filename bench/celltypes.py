@@ -15,7 +15,10 @@ the centre of each crop, as cell mode frames it.
 
 Both report the share of cells with the right type, macro F1, the calls shown as sure
 (state ``ok``) that are wrong, and the differential error (total variation distance between
-the true and the called class shares).
+the true and the called class shares). Each folder is one count session of cell mode (a
+:class:`~lgld.runtime.cells.session.CountSession`, as ``lgld-run --source images:``), with the
+model's microscope check (core.domain) deciding which calls are shown as sure, exactly as in
+cell mode; ``--no-domain-check`` leaves it out (the confidence gate alone).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import csv
 import json
 import math
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +37,13 @@ import numpy as np
 
 from lgld.bench.cellmode import iou, load_items, parse_diameter, voc_boxes
 from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
+from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.cells.track import TrackerSettings
 from lgld.runtime.config import CellsSection
 from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.domain import DomainCheck, DomainReference
 from lgld.runtime.core.preprocess import read_image
 from lgld.runtime.core.zoo import resolve_model
 
@@ -51,6 +57,7 @@ class Scored:
     cells: list[tuple[str, str, str]] = field(default_factory=list)
     missed: int = 0  # labelled cells with no whole detection on them
     images: int = 0
+    domain: dict | None = None  # the session's microscope check at the end
 
     def summary(self, classes: list[str]) -> dict:
         n = len(self.cells)
@@ -76,6 +83,8 @@ class Scored:
             "right_type": right / n,
             "macro_f1": float(np.mean(list(f1s.values()))), "f1": f1s,
             "sure": len(sure) / n,
+            "unfamiliar": sum(s == "unfamiliar" for _, _, s in self.cells) / n,
+            "microscope": self.domain,
             "sure_wrong_of_sure": sure_wrong / max(1, len(sure)),
             "sure_wrong_of_cells": sure_wrong / n,
             "right_of_sure": (len(sure) - sure_wrong) / max(1, len(sure)),
@@ -91,25 +100,42 @@ def read_labels(path: Path) -> dict[str, list[str]]:
                 for row in csv.DictReader(fh)}
 
 
-def make_stage(args: argparse.Namespace) -> CellStage:
+def make_session(args: argparse.Namespace) -> CountSession:
+    """Cell mode's stage and count session for a folder of images, with the model's
+    microscope check as lgld-run builds it (no stored validations)."""
     classifier = OnnxClassifier(resolve_model(args.model), threads=args.threads)
     tracker = TrackerSettings(min_confidence=args.min_confidence) if args.min_confidence \
         else None
-    return CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
+    stage = CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
                                                   framing=args.framing),
-                     tracker, tracking=False)
+                      tracker, tracking=False)
+    reference = classifier.info.domain
+    domain = None if args.no_domain_check else DomainCheck(
+        DomainReference.from_dict(reference) if reference else None,
+        max(1, CellsSection.domain_cells))
+    return CountSession(stage, domain=domain)
+
+
+def classify(session: CountSession, image: np.ndarray, index: int) -> list[dict]:
+    """One image through cell mode (prepare, then the session's classify and count)."""
+    prepared = session.stage.prepare(image)
+    return session.process(prepared, image, time.monotonic(), index).cells
+
+
+def finish(out: Scored, session: CountSession) -> None:
+    out.domain = session.count()["domain"]
 
 
 def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
     root = Path(args.data)
     labels = read_labels(root / "labels.csv")
-    stage = make_stage(args)
+    session = make_session(args)
     out = Scored()
-    for name, types in sorted(labels.items()):
+    # one session over the folder; the measured scale carries over, as in lgld-run
+    for index, (name, types) in enumerate(sorted(labels.items())):
         image = read_image(root / "images" / name)
         boxes = voc_boxes(root / "annotations" / (Path(name).stem + ".xml"))
-        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
-        cells = [c for c in stage.process(image).cells if c["state"] != "partial"]
+        cells = [c for c in classify(session, image, index) if c["state"] != "partial"]
         on_boxes = [c for c in cells if any(iou(c["box"], b) >= MIN_IOU for b in boxes)]
         # one cell per labelled box at most: the detections that overlap a box best
         on_boxes = sorted(on_boxes, key=lambda c: -max(iou(c["box"], b) for b in boxes))
@@ -123,20 +149,20 @@ def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
             t = c["class"] if c["class"] in pending else pending[0]
             pending.remove(t)
             out.cells.append((t, c["class"], c["state"]))
-    return out, stage.classes
+    finish(out, session)
+    return out, session.stage.classes
 
 
 def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
     items = load_items(Path(args.data), args.split_file, args.part)
     if args.limit:
         items = items[:: max(1, len(items) // args.limit)][: args.limit]
-    stage = make_stage(args)
+    session = make_session(args)
     out = Scored()
-    for path, label in items:
+    for index, (path, label) in enumerate(items):  # one session, as lgld-run --source images:
         image = read_image(path)
         h, w = image.shape[:2]
-        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
-        cells = stage.process(image).cells
+        cells = classify(session, image, index)
         out.images += 1
         if not cells:
             out.missed += 1
@@ -144,7 +170,8 @@ def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
         c = min(cells, key=lambda c: math.hypot((c["box"][0] + c["box"][2] - w) / 2,
                                                 (c["box"][1] + c["box"][3] - h) / 2))
         out.cells.append((label, c["class"], c["state"]))
-    return out, stage.classes
+    finish(out, session)
+    return out, session.stage.classes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what scales the crops (default: cell mode's)")
         q.add_argument("--min-confidence", type=float, default=0.0,
                        help="the confidence gate (default: cell mode's)")
+        q.add_argument("--no-domain-check", action="store_true",
+                       help="leave out the model's microscope check (confidence gate only)")
         q.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
 
@@ -182,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
           f"sure {result['sure']:.1%} (wrong: {result['sure_wrong_of_sure']:.1%} of sure, "
           f"{result['sure_wrong_of_cells']:.1%} of cells), "
           f"differential TV {result['differential_tv']:.3f}")
+    micro = result["microscope"]
+    if micro:
+        print(f"  microscope check: {micro['state']}" + (f" (z {micro['z']})" if "z" in micro
+                                                          else "")
+              + f"; not sure as unfamiliar: {result['unfamiliar']:.1%} of cells")
     for t, row in result["confusion"].items():
         print(f"  {t:<11} -> " + ", ".join(f"{k} {v}" for k, v in sorted(row.items())))
     return 0

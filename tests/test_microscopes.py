@@ -144,6 +144,62 @@ def test_labelled_fields_are_scored_through_cell_mode(tmp_path, capsys):
     r = json.loads(out)
     assert r["images"] == 4 and r["cells"] + r["missed"] == 5
     assert sum(sum(row.values()) for row in r["confusion"].values()) == r["cells"]
+    # the microscope check runs as in cell mode: BCCD's cells look foreign, none is sure
+    assert r["microscope"]["state"] == "checking" and r["sure"] == 0 and r["unfamiliar"] > 0
+    assert main(["fields", str(fields), "--model", "wbc5", "--json", "--no-domain-check"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["microscope"] is None and r["sure"] > 0 and r["unfamiliar"] == 0
     (fields / "labels.csv").write_text("file,types\n")
     assert main(["fields", str(fields), "--model", "wbc5"]) == 1
     assert "no cell could be scored" in capsys.readouterr().err
+
+
+def test_pbc_crops_keep_their_sure_calls_under_the_microscope_check(tmp_path, capsys):
+    import json
+
+    from lgld.bench.celltypes import main
+
+    assets = Path(__file__).resolve().parents[1] / "runtime" / "assets"
+    for path in sorted(assets.glob("cells-*.jpg")) + sorted(assets.glob("wbc5-*.jpg")):
+        folder = tmp_path / path.stem.split("-")[1].capitalize()
+        folder.mkdir(exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    assert main(["crops", str(tmp_path), "--model", "wbc5", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["cells"] >= 16 and r["microscope"]["state"] == "checking"
+    assert main(["crops", str(tmp_path), "--model", "wbc5", "--json", "--no-domain-check"]) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert r["sure"] >= 0.8 and r["sure"] >= 0.85 * without["sure"]  # 15 of 17 measured
+
+
+def test_leave_one_microscope_out_marks_what_each_model_saw(tmp_path, capsys):
+    import json
+
+    from lgld.bench.celltypes import main as celltypes_main
+    from lgld.bench.microscopes import main
+
+    fields = tmp_path / "fields"
+    shutil.copytree(BCCD, fields)
+    (fields / "labels.csv").write_text(
+        "file,types\nBloodImage_00000.jpg,Neutrophil\nBloodImage_00290.jpg,Eosinophil\n")
+    argv = ["--crops", f"pbc={WBC5}", "--fields", f"bccd={fields}"]
+    assert main(["--model", "pbc=wbc5", "--model", "LISC+bccd=wbc5", *argv, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["trained_on"], r["test"], r["seen"]) for r in rows] == [
+        (["pbc"], "pbc", True), (["pbc"], "bccd", False),
+        (["bccd", "lisc"], "pbc", False), (["bccd", "lisc"], "bccd", True)]
+    # each entry is what celltypes itself reports for that model and test set
+    assert celltypes_main(["crops", str(WBC5), "--diameter", "auto", "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert rows[0]["right_type"] == direct["right_type"] and rows[0]["cells"] == direct["cells"]
+    assert main(["--model", "pbc=wbc5", *argv]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| trained on | pbc | bccd |" and "(seen)" in table[2]
+    assert table[2].count("(seen)") == 1
+    for bad in (["--model", "wbc5", *argv], ["--model", "pbc=wbc5", "--crops", "nodir"]):
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["--model", "pbc=wbc5"]) == 1
+    assert "at least one" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def _write_card(out: Path, record: dict, verification: str, seconds: float) -> N
              f"{record['cells']} counted cells (no labels).",
              f"- AdaBN: BatchNorm statistics blended {record['adabn_blend']} towards the "
              "session's cells.",
-             f"- TENT: {record['tent_steps']} steps on the BatchNorm scales and shifts.",
+             f"- TENT: {record['tent_steps']} steps on the normalisation scales and shifts.",
              f"- Mean prediction entropy on those cells: {record['entropy_before']} -> "
              f"{record['entropy_after']}."]
     ft = record.get("fine_tune")

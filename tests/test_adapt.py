@@ -225,3 +225,21 @@ def test_lgld_adapt_blend_defaults_to_no_adabn_before_a_fine_tune():
         args = build_parser().parse_args(["log.jsonl", "-o", "out.onnx", *argv])
         _check(args)
         assert args.blend == blend
+
+
+def test_tent_adapts_a_groupnorm_models_norm_scales_and_blend_zero_passes_it():
+    torch.manual_seed(0)
+    model = LGLDNet(ModelConfig(num_classes=5, input_size=32, base_channels=8, norm="group"))
+    model.eval()
+    x = torch.rand(16, 3, 32, 32)
+    adabn(model, x, blend=0.0)  # nothing to re-estimate, nothing asked: no error
+    with pytest.raises(AdaptError, match="no BatchNorm"):
+        adabn(model, x, blend=0.5)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    scales = [m.weight.clone() for m in norms]
+    conv = model.head[0].weight.clone()
+    history = tent(model, x, steps=15, lr=1e-2, batch_size=16)
+    with torch.no_grad():
+        assert float(entropy(model(x))) < history[0]
+    assert any(not torch.equal(a, m.weight) for a, m in zip(scales, norms, strict=True))
+    assert torch.equal(conv, model.head[0].weight)

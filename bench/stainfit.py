@@ -27,6 +27,8 @@ def stage_crops(args: argparse.Namespace) -> list[np.ndarray]:
     items = load_items(Path(args.data), args.split_file, args.part)
     if args.limit:
         items = items[:: max(1, len(items) // args.limit)][: args.limit]
+    if not items:
+        raise ValueError(f"no images in {args.data}")
     crops: list[np.ndarray] = []
     stage = make_stage(args, record=crops)
     for path, _ in items:

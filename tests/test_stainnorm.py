@@ -115,3 +115,31 @@ def test_the_cell_type_bench_refuses_a_missing_stain_reference_in_one_line(tmp_p
     assert main(["fields", str(tmp_path), "--stain-normalise", str(tmp_path / "no.json")]) == 1
     err = capsys.readouterr().err
     assert "stain reference not found" in err and "Traceback" not in err
+
+
+def test_a_reference_is_fitted_on_cell_mode_crops_and_the_bench_applies_it(tmp_path, capsys):
+    from pathlib import Path
+
+    from lgld.bench import celltypes, stainfit
+
+    wbc5 = Path(__file__).resolve().parent / "data" / "zoo_samples" / "WBC5"
+    ref = tmp_path / "ref.json"
+    args = [str(wbc5), "--limit", "6", "--diameter", "auto", "-o"]
+    assert stainfit.main(["fit", *args, str(ref)]) == 0
+    reference = load_reference(ref)
+    assert reference.vectors[0] @ reference.vectors[1] < 0.99  # two stains told apart
+    assert stainfit.main(["montage", str(ref), *args, str(tmp_path / "m.png"), "--count", "3"]) == 0
+    assert (tmp_path / "m.png").stat().st_size > 0
+    # the bench's classifier re-stains every crop before the model's own preprocessing
+    parsed = celltypes.build_parser().parse_args(
+        ["crops", str(wbc5), "--stain-normalise", str(ref), "--stain-method", "nucleus"])
+    stage = celltypes.make_stage(parsed)
+    crop = np.ascontiguousarray(_crop(OTHER_SCOPE, strength=0.5)[..., ::-1])
+    wrapped = stage.classifier
+    assert np.array_equal(wrapped.prepare([crop]), wrapped.classifier.prepare(
+        [normalise_bgr(crop, reference, "nucleus")]))
+    assert not np.array_equal(wrapped.prepare([crop]), wrapped.classifier.prepare([crop]))
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    assert stainfit.main(["fit", str(tmp_path / "empty"), "-o", str(ref)]) == 1
+    assert "no images in" in capsys.readouterr().err

@@ -19,6 +19,10 @@ on the trained weights (composed in float64, stored as float32):
 * **LGFM gate.** A softmax over two logits is ``sigmoid(z0 - z1)``: the Linear becomes one 1x1
   conv on the two pooled streams (no ``Concat`` of full feature maps, no ``Gather``/``Reshape``)
   and the blend is ``g + w * (l - g)``.
+
+A GroupNorm model (``norm="group"``) keeps its three GroupNorm layers (per-image statistics
+cannot be folded into weights; ONNX has them as InstanceNormalization plus an affine map);
+every other rewrite applies unchanged, with the scales that BN folding would carry left at 1.
 """
 
 from __future__ import annotations
@@ -114,18 +118,22 @@ class ExportIPS(nn.Module):
         kernel_conv: nn.Conv2d | None = None,
         shift: torch.Tensor | None = None,
         kernel_size: int = 3,
+        norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.conv = conv
         self.channels = channels
         self.kernel_conv = kernel_conv
         self.kernel_size = kernel_size
+        self.norm = norm  # a GroupNorm model's norm (then nothing is folded and shift is 0)
         if kernel_conv is not None:
+            shift = torch.zeros(channels) if shift is None else shift
             self.register_buffer("shift", shift.to(torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_conv is None:
-            return F.silu(self.conv(x))
+            y = self.conv(x)
+            return F.silu(y if self.norm is None else self.norm(y))
         k = self.kernel_size
         mid = self.conv.out_channels - self.channels
         y, pre = torch.split(self.conv(x), [self.channels, mid], dim=1)
@@ -138,16 +146,27 @@ class ExportIPS(nn.Module):
             ey, ex = dy - (k - 1) or None, dx - (k - 1) or None
             term = padded[:, :, dy:ey, dx:ex] * kernels[idx]
             out = term if out is None else out + term
+        if self.norm is not None:
+            return F.silu(self.norm(out))
         return F.silu(out + self.shift)
+
+
+def _norm_parts(norm: nn.Module, channels: int):
+    """(BN scale, BN shift, kept norm): BN folds; GroupNorm is kept with scale 1, shift 0."""
+    if isinstance(norm, nn.BatchNorm2d):
+        return (*_bn_affine(norm), None)
+    ones = torch.ones(channels, dtype=torch.float64)
+    return ones, torch.zeros_like(ones), copy.deepcopy(norm)
 
 
 def export_ips(ips: IPS) -> ExportIPS:
     """Fold IPS's BN; with an involution also merge the kernel generator's linear part."""
     channels = ips.conv.out_channels
+    scale, shift, kept = _norm_parts(ips.bn, channels)
     if not isinstance(ips.invo, Involution):
-        return ExportIPS(fold_bn(ips.conv, ips.bn), channels)
+        conv = fold_bn(ips.conv, ips.bn) if kept is None else copy.deepcopy(ips.conv)
+        return ExportIPS(conv, channels, norm=kept)
     invo = ips.invo
-    scale, shift = _bn_affine(ips.bn)
     w, b = _conv_params(ips.conv)
     # BN after the involution: bn(invo(y)) = invo(scale * y) + shift, because the kernels are
     # shared by all channels and computed below from the *unscaled* y (so no division by scale).
@@ -157,7 +176,7 @@ def export_ips(ips: IPS) -> ExportIPS:
     w_k, b_k = _compose_1x1(invo.shared_mlp[0], w_k, b_k)
     conv = _conv_like(ips.conv, torch.cat([w_main, w_k]), torch.cat([b_main, b_k]))
     kernel_conv = copy.deepcopy(invo.shared_mlp[2])
-    return ExportIPS(conv, channels, kernel_conv, shift, invo.kernel_size)
+    return ExportIPS(conv, channels, kernel_conv, shift, invo.kernel_size, kept)
 
 
 # ------------------------------------------------------------------------- global stem (FFM)
@@ -172,9 +191,11 @@ class ExportFFM(nn.Module):
     ``col`` of None means ``row`` is the full map.
     """
 
-    def __init__(self, conv: nn.Conv2d, row: torch.Tensor, col: torch.Tensor | None = None) -> None:
+    def __init__(self, conv: nn.Conv2d, row: torch.Tensor, col: torch.Tensor | None = None,
+                 norm: nn.Module | None = None) -> None:
         super().__init__()
         self.conv = conv
+        self.norm = norm  # a GroupNorm model's norm, applied before SiLU
         self.register_buffer("row", row.to(torch.float32))
         self.register_buffer("col", col.to(torch.float32) if col is not None else None)
 
@@ -182,7 +203,7 @@ class ExportFFM(nn.Module):
         y = self.conv(x) + self.row
         if self.col is not None:
             y = y + self.col
-        return F.silu(y)
+        return F.silu(y if self.norm is None else self.norm(y))
 
 
 def export_ffm(ffm: FFM, separable: bool = True) -> ExportFFM:
@@ -190,7 +211,7 @@ def export_ffm(ffm: FFM, separable: bool = True) -> ExportFFM:
     w, b = _conv_params(ffm.proj)  # (C, in + 4, 1, 1)
     n_pos = ffm.pos.shape[1]
     w_img, w_pos = w[:, :-n_pos], w[:, -n_pos:, 0, 0]
-    bn_scale, bn_shift = _bn_affine(ffm.bn)
+    bn_scale, bn_shift, kept = _norm_parts(ffm.bn, w.shape[0])
     fourier = torch.cat([ffm.fourier_weight_real, ffm.fourier_weight_imag]).detach().double()
     scale = (bn_scale * fourier).view(-1, 1, 1)  # real/imag scale then BN, per output channel
     conv = _conv_like(ffm.proj, w_img * scale.unsqueeze(1), None)
@@ -204,9 +225,9 @@ def export_ffm(ffm: FFM, separable: bool = True) -> ExportFFM:
         rows, cols = torch.nonzero(by_row).flatten(), torch.nonzero(~by_row).flatten()
         row = torch.einsum("cp,phw->chw", w_pos[:, rows], pos[rows][:, :, :1])
         col = torch.einsum("cp,phw->chw", w_pos[:, cols], pos[cols][:, :1, :])
-        return ExportFFM(conv, (scale * (row + bias) + shift)[None], (scale * col)[None])
+        return ExportFFM(conv, (scale * (row + bias) + shift)[None], (scale * col)[None], kept)
     full = torch.einsum("cp,phw->chw", w_pos, pos) + bias
-    return ExportFFM(conv, (scale * full + shift)[None])
+    return ExportFFM(conv, (scale * full + shift)[None], norm=kept)
 
 
 # ------------------------------------------------------------------------------------- GCE
@@ -275,10 +296,13 @@ def export_lgfm(lgfm: LGFM) -> ExportLGFM:
 
 
 def export_head(head: nn.Sequential) -> nn.Sequential:
-    """conv -> BN -> SiLU -> pool -> flatten -> dropout -> linear, with BN folded, no dropout."""
+    """conv -> BN -> SiLU -> pool -> flatten -> dropout -> linear, with BN folded, no dropout
+    (a GroupNorm stays after the conv)."""
     conv, bn, act, pool, flatten, _dropout, linear = head
+    normed = (fold_bn(conv, bn),) if isinstance(bn, nn.BatchNorm2d) else (
+        copy.deepcopy(conv), copy.deepcopy(bn))
     return nn.Sequential(
-        fold_bn(conv, bn), copy.deepcopy(act), copy.deepcopy(pool), copy.deepcopy(flatten),
+        *normed, copy.deepcopy(act), copy.deepcopy(pool), copy.deepcopy(flatten),
         copy.deepcopy(linear),
     )
 

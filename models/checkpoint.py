@@ -73,6 +73,24 @@ def load_weights(model: LGLDNet, state_dict: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(state_dict, strict=True)
 
 
+_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def weights_across_norms(model: LGLDNet, state_dict: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor]:
+    """``state_dict`` (of a model with another ``norm``) made loadable into ``model``.
+
+    BatchNorm and GroupNorm share their scale and shift (``weight``, ``bias``); only
+    BatchNorm's running statistics differ: dropped where ``model`` has none, and ``model``'s own
+    (fresh) ones kept where the weights have none. Every other weight must still fit.
+    """
+    own = model.state_dict()
+    kept = {k: v for k, v in state_dict.items()
+            if k in own or not k.endswith(_NORM_STATISTICS)}
+    fresh = {k: v for k, v in own.items() if k not in kept and k.endswith(_NORM_STATISTICS)}
+    return {**kept, **fresh}
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: LGLDNet,

@@ -23,6 +23,12 @@ variant    involution   LFA   GCE   what is removed
 ``lfa``    no           yes   no    involution and GCE (global stream is the FFM alone)
 ``gce``    no           no    yes   involution and LFA (local stream is the plain stem)
 ========== ============ ===== ===== ==================================================
+
+Normalisation (``norm``): ``batch`` (the paper's BatchNorm, the default) or ``group``
+(GroupNorm, :data:`GROUPS` groups, in the same three places). GroupNorm normalises each image
+with its own statistics, so nothing learned from the training microscope's batch statistics is
+frozen into the model (Tsutsui et al. 2023 found BatchNorm the main culprit under domain shift
+for ResNets); docs/performance.md measures it for LGLD-Net.
 """
 
 from __future__ import annotations
@@ -41,6 +47,15 @@ VARIANTS: dict[str, tuple[bool, bool, bool]] = {
     "lfa": (False, True, False),
     "gce": (False, False, True),
 }
+NORMS = ("batch", "group")
+GROUPS = 8  # GroupNorm groups (8 channels each at base width 64)
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The normalisation layer of a ``norm`` kind: BatchNorm2d or GroupNorm."""
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
+    return nn.BatchNorm2d(channels)
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,13 @@ class ModelConfig:
     variant: str = "full"
     base_channels: int = 64
     in_channels: int = 3
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {sorted(VARIANTS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {list(NORMS)}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.input_size < 16 or self.input_size % 2:
@@ -100,11 +118,12 @@ class Involution(nn.Module):
 class IPS(nn.Module):
     """Involution-based patch stem: 3x3 stride-2 conv, involution, BN, SiLU."""
 
-    def __init__(self, in_channels: int, channels: int, involution: bool = True) -> None:
+    def __init__(self, in_channels: int, channels: int, involution: bool = True,
+                 norm: str = "batch") -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, 3, stride=2, padding=1)
         self.invo = Involution(channels) if involution else nn.Identity()
-        self.bn = nn.BatchNorm2d(channels)
+        self.bn = norm_layer(norm, channels)
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,12 +164,13 @@ def positional_channels(height: int, width: int) -> torch.Tensor:
 class FFM(nn.Module):
     """Fourier Feature Mixer: positional channels, 1x1 s2 conv, real/imag scales, BN, SiLU."""
 
-    def __init__(self, in_channels: int, channels: int, input_size: int) -> None:
+    def __init__(self, in_channels: int, channels: int, input_size: int,
+                 norm: str = "batch") -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels + 4, channels, 1, stride=2)
         self.fourier_weight_real = nn.Parameter(torch.randn(channels // 2))
         self.fourier_weight_imag = nn.Parameter(torch.randn(channels // 2))
-        self.bn = nn.BatchNorm2d(channels)
+        self.bn = norm_layer(norm, channels)
         self.act = nn.SiLU()
         # Precomputed, not saved in the state dict: rebuilt from the input size.
         self.register_buffer("pos", positional_channels(input_size, input_size), persistent=False)
@@ -211,14 +231,14 @@ class LGLDNet(nn.Module):
         self.config = config if config is not None else ModelConfig(**kwargs)
         c, cfg = self.config.base_channels, self.config
         use_invo, use_lfa, use_gce = VARIANTS[cfg.variant]
-        self.local_stem = IPS(cfg.in_channels, c, involution=use_invo)
-        self.global_stem = FFM(cfg.in_channels, c, cfg.input_size)
+        self.local_stem = IPS(cfg.in_channels, c, involution=use_invo, norm=cfg.norm)
+        self.global_stem = FFM(cfg.in_channels, c, cfg.input_size, norm=cfg.norm)
         self.lfa = LFA(c) if use_lfa else nn.Identity()
         self.gce = GCE(c) if use_gce else nn.Identity()
         self.lgfm = LGFM(c)
         self.head = nn.Sequential(
             nn.Conv2d(c, c, 1),
-            nn.BatchNorm2d(c),
+            norm_layer(cfg.norm, c),
             nn.SiLU(),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),

@@ -147,3 +147,36 @@ def test_labelled_fields_are_scored_through_cell_mode(tmp_path, capsys):
     (fields / "labels.csv").write_text("file,types\n")
     assert main(["fields", str(fields), "--model", "wbc5"]) == 1
     assert "no cell could be scored" in capsys.readouterr().err
+
+
+def test_leave_one_microscope_out_marks_what_each_model_saw(tmp_path, capsys):
+    import json
+
+    from lgld.bench.celltypes import main as celltypes_main
+    from lgld.bench.microscopes import main
+
+    fields = tmp_path / "fields"
+    shutil.copytree(BCCD, fields)
+    (fields / "labels.csv").write_text(
+        "file,types\nBloodImage_00000.jpg,Neutrophil\nBloodImage_00290.jpg,Eosinophil\n")
+    argv = ["--crops", f"pbc={WBC5}", "--fields", f"bccd={fields}"]
+    assert main(["--model", "pbc=wbc5", "--model", "LISC+bccd=wbc5", *argv, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["trained_on"], r["test"], r["seen"]) for r in rows] == [
+        (["pbc"], "pbc", True), (["pbc"], "bccd", False),
+        (["bccd", "lisc"], "pbc", False), (["bccd", "lisc"], "bccd", True)]
+    # each entry is what celltypes itself reports for that model and test set
+    assert celltypes_main(["crops", str(WBC5), "--diameter", "auto", "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert rows[0]["right_type"] == direct["right_type"] and rows[0]["cells"] == direct["cells"]
+    assert main(["--model", "pbc=wbc5", *argv]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| trained on | pbc | bccd |" and "(seen)" in table[2]
+    assert table[2].count("(seen)") == 1
+    for bad in (["--model", "wbc5", *argv], ["--model", "pbc=wbc5", "--crops", "nodir"]):
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["--model", "pbc=wbc5"]) == 1
+    assert "at least one" in capsys.readouterr().err

@@ -258,6 +258,7 @@ def _corrupt_image(tmp: Path) -> list[str]:
     ("corrupt image", _corrupt_image, "zz_broken.png"),
     ("bad input size", lambda t: ["--data", str(t), "--input-size", "40"], "multiple of 16"),
     ("bad white balance", lambda t: ["--data", str(t), "--white-balance", "-0.1"], "[0, 1)"),
+    ("bad learning rate", lambda t: ["--data", str(t), "--lr", "0"], "--lr must be in (0, 1)"),
     ("resume nothing", lambda t: ["--data", str(t), "--resume"], "nothing to resume"),
 ])
 def test_bad_input_one_line_error(tmp_path: Path, capsys, case: str, make, needle: str) -> None:

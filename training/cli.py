@@ -36,8 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size (32)")
+    p.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     p.add_argument("--recipe", choices=("default", "finetune", "paper"), default="default")
     p.add_argument("--variant", choices=("full", "lfa_gce", "lfa", "gce"), default="full")
+    p.add_argument("--norm", choices=("batch", "group"), default="batch",
+                   help="normalisation layers: batch (the paper's BatchNorm) or group "
+                        "(GroupNorm: per-image statistics; see docs/performance.md)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="0.1 from one folder (80:10:10); 0.2 with a separate test folder")
@@ -126,9 +130,11 @@ def run_training(args: argparse.Namespace) -> int:
     if world.main:  # only rank 0 touches the run folder; the others receive its split
         try:
             recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
-                        args.white_balance, args.augmentation)
+                        args.white_balance, args.augmentation, args.lr)
             if recipe.epochs < 1 or recipe.batch_size < 1:
                 raise DataError("--epochs and --batch-size must be >= 1")
+            if not 0.0 < recipe.lr < 1.0:
+                raise DataError("--lr must be in (0, 1)")
             if not 0.0 <= recipe.white_balance < 1.0:
                 raise DataError("--white-balance must be in [0, 1): the +- range of the gains")
             if recipe.batch_size % world.size:
@@ -145,13 +151,13 @@ def run_training(args: argparse.Namespace) -> int:
             raise DataError(error)
         raise OtherRankFailed
     recipe = get_recipe(args.recipe, args.epochs, args.batch_size, args.color_jitter,
-                        args.white_balance, args.augmentation)
+                        args.white_balance, args.augmentation, args.lr)
     cfg = TrainConfig(
         data=args.data, out=str(out), recipe=recipe, input_size=args.input_size,
         variant=args.variant, seed=args.seed, device=args.device,
         workers=args.workers if args.workers is not None else default_workers(args.device),
         deterministic=args.deterministic, dataset_name=args.name, init=args.init,
-        illumination=args.illumination,
+        illumination=args.illumination, norm=args.norm,
     )
     try:
         trainer = Trainer(cfg, split, resume=args.resume)

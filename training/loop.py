@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lgld.models.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from lgld.models.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    weights_across_norms,
+)
 from lgld.models.lgld_net import LGLDNet, ModelConfig, count_parameters
 from lgld.runtime.core.preprocess import PreprocessSpec
 from lgld.training.data import DataError, Split
@@ -50,6 +56,7 @@ class TrainConfig:
     dataset_name: str = ""
     init: str = ""  # start from these weights (fine-tuning), with a fresh schedule
     illumination: str = "none"  # preprocessing's illumination correction (none | background)
+    norm: str = "batch"  # the model's normalisation layers (batch | group)
 
     def identity(self) -> dict:
         """The fields that define a run (a resumed run must match them)."""
@@ -61,6 +68,7 @@ class TrainConfig:
             "seed": self.seed,
             "init": str(Path(self.init).resolve()) if self.init else "",
             "illumination": self.illumination,
+            "norm": self.norm,
         }
 
 
@@ -159,7 +167,7 @@ def recalibrate_bn(model: torch.nn.Module, loader: DataLoader, device: torch.dev
 
 # Identity fields added after the first release, with the value older runs implicitly had.
 _LATER_DEFAULTS = {"init": "", "color_jitter": 1.0, "illumination": "none", "white_balance": 0.2,
-                   "augmentation": "lamp"}
+                   "augmentation": "lamp", "norm": "batch"}
 
 
 def same_run(saved: dict, current: dict) -> bool:
@@ -193,7 +201,8 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         self.classes = split.classes
         model_cfg = ModelConfig(
-            num_classes=len(self.classes), input_size=cfg.input_size, variant=cfg.variant
+            num_classes=len(self.classes), input_size=cfg.input_size, variant=cfg.variant,
+            norm=cfg.norm,
         )
         self.model = LGLDNet(model_cfg).to(self.device)
         if self.distributed:  # same initial weights everywhere, but each rank its own dropout
@@ -212,9 +221,14 @@ class Trainer:
             if init.config.variant != cfg.variant:
                 raise DataError(f"--init {cfg.init} is variant {init.config.variant!r}, "
                                 f"this run trains {cfg.variant!r}")
-            load_weights(self.model, init.state_dict)
+            weights = init.state_dict
+            if init.config.norm != cfg.norm:  # e.g. a GroupNorm model from BatchNorm weights
+                weights = weights_across_norms(self.model, weights)
+            load_weights(self.model, weights)
             if self.main:
-                log(f"initialised from {cfg.init}")
+                log(f"initialised from {cfg.init}"
+                    + (f" ({init.config.norm} -> {cfg.norm} norm)"
+                       if init.config.norm != cfg.norm else ""))
         if resume:
             self._resume()
         self.ddp_model = self.model

@@ -49,6 +49,7 @@ def get_recipe(
     color_jitter: float | None = None,
     white_balance: float | None = None,
     augmentation: str | None = None,
+    lr: float | None = None,
 ) -> Recipe:
     """``paper``: Adam lr 1e-2, StepLR(5, 0.5), 50 epochs, batch 32, no augmentation.
     ``default``: AdamW + warm-up/cosine, label smoothing, smear-aware augmentation and
@@ -79,4 +80,6 @@ def get_recipe(
         changes["white_balance"] = white_balance
     if augmentation is not None:
         changes["augmentation"] = augmentation
+    if lr is not None:
+        changes["lr"] = lr
     return Recipe(**{**asdict(r), **changes}) if changes else r

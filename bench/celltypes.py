@@ -19,7 +19,10 @@ normalisation.
 
 Both report the share of cells with the right type, macro F1, the calls shown as sure
 (state ``ok``) that are wrong, and the differential error (total variation distance between
-the true and the called class shares).
+the true and the called class shares). Each folder is one count session of cell mode (a
+:class:`~lgld.runtime.cells.session.CountSession`, as ``lgld-run --source images:``), with the
+model's microscope check (core.domain) deciding which calls are shown as sure, exactly as in
+cell mode; ``--no-domain-check`` leaves it out (the confidence gate alone).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import csv
 import json
 import math
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +42,13 @@ import numpy as np
 from lgld.bench.cellmode import iou, load_items, parse_diameter, voc_boxes
 from lgld.bench.stainnorm import METHODS, Stains, load_reference, normalise_bgr
 from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
+from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
 from lgld.runtime.cells.track import TrackerSettings
 from lgld.runtime.config import CellsSection
 from lgld.runtime.core.classifier import OnnxClassifier
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
+from lgld.runtime.core.domain import DomainCheck, DomainReference
 from lgld.runtime.core.preprocess import read_image
 from lgld.runtime.core.zoo import resolve_model
 
@@ -56,6 +62,7 @@ class Scored:
     cells: list[tuple[str, str, str]] = field(default_factory=list)
     missed: int = 0  # labelled cells with no whole detection on them
     images: int = 0
+    domain: dict | None = None  # the session's microscope check at the end
 
     def summary(self, classes: list[str]) -> dict:
         n = len(self.cells)
@@ -81,6 +88,8 @@ class Scored:
             "right_type": right / n,
             "macro_f1": float(np.mean(list(f1s.values()))), "f1": f1s,
             "sure": len(sure) / n,
+            "unfamiliar": sum(s == "unfamiliar" for _, _, s in self.cells) / n,
+            "microscope": self.domain,
             "sure_wrong_of_sure": sure_wrong / max(1, len(sure)),
             "sure_wrong_of_cells": sure_wrong / n,
             "right_of_sure": (len(sure) - sure_wrong) / max(1, len(sure)),
@@ -116,29 +125,47 @@ class StainNormalised:
         return self.classifier.prepare(crops)
 
 
-def make_stage(args: argparse.Namespace, record: list[np.ndarray] | None = None) -> CellStage:
-    """Cell mode's stage as the arguments set it up; ``record`` collects every crop."""
-    reference = load_reference(args.stain_normalise) if args.stain_normalise else None
+def make_session(args: argparse.Namespace,
+                 record: list[np.ndarray] | None = None) -> CountSession:
+    """Cell mode's stage and count session for a folder of images, with the model's
+    microscope check as lgld-run builds it (no stored validations); ``record`` collects every
+    crop the model is given."""
+    stains = load_reference(args.stain_normalise) if args.stain_normalise else None
     classifier = OnnxClassifier(resolve_model(args.model), threads=args.threads)
-    if reference is not None or record is not None:
-        classifier = StainNormalised(classifier, reference, args.stain_method, record)
+    if stains is not None or record is not None:
+        classifier = StainNormalised(classifier, stains, args.stain_method, record)
     tracker = TrackerSettings(min_confidence=args.min_confidence) if args.min_confidence \
         else None
-    return CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
+    stage = CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
                                                   framing=args.framing),
-                     tracker, tracking=False)
+                      tracker, tracking=False)
+    reference = classifier.info.domain
+    domain = None if args.no_domain_check else DomainCheck(
+        DomainReference.from_dict(reference) if reference else None,
+        max(1, CellsSection.domain_cells))
+    return CountSession(stage, domain=domain)
+
+
+def classify(session: CountSession, image: np.ndarray, index: int) -> list[dict]:
+    """One image through cell mode (prepare, then the session's classify and count)."""
+    prepared = session.stage.prepare(image)
+    return session.process(prepared, image, time.monotonic(), index).cells
+
+
+def finish(out: Scored, session: CountSession) -> None:
+    out.domain = session.count()["domain"]
 
 
 def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
     root = Path(args.data)
     labels = read_labels(root / "labels.csv")
-    stage = make_stage(args)
+    session = make_session(args)
     out = Scored()
-    for name, types in sorted(labels.items()):
+    # one session over the folder; the measured scale carries over, as in lgld-run
+    for index, (name, types) in enumerate(sorted(labels.items())):
         image = read_image(root / "images" / name)
         boxes = voc_boxes(root / "annotations" / (Path(name).stem + ".xml"))
-        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
-        cells = [c for c in stage.process(image).cells if c["state"] != "partial"]
+        cells = [c for c in classify(session, image, index) if c["state"] != "partial"]
         on_boxes = [c for c in cells if any(iou(c["box"], b) >= MIN_IOU for b in boxes)]
         # one cell per labelled box at most: the detections that overlap a box best
         on_boxes = sorted(on_boxes, key=lambda c: -max(iou(c["box"], b) for b in boxes))
@@ -152,20 +179,20 @@ def score_fields(args: argparse.Namespace) -> tuple[Scored, list[str]]:
             t = c["class"] if c["class"] in pending else pending[0]
             pending.remove(t)
             out.cells.append((t, c["class"], c["state"]))
-    return out, stage.classes
+    finish(out, session)
+    return out, session.stage.classes
 
 
 def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
     items = load_items(Path(args.data), args.split_file, args.part)
     if args.limit:
         items = items[:: max(1, len(items) // args.limit)][: args.limit]
-    stage = make_stage(args)
+    session = make_session(args)
     out = Scored()
-    for path, label in items:
+    for index, (path, label) in enumerate(items):  # one session, as lgld-run --source images:
         image = read_image(path)
         h, w = image.shape[:2]
-        stage.reset()  # the measured scale carries over, as in lgld-run --source images:
-        cells = stage.process(image).cells
+        cells = classify(session, image, index)
         out.images += 1
         if not cells:
             out.missed += 1
@@ -173,7 +200,8 @@ def score_crops(args: argparse.Namespace) -> tuple[Scored, list[str]]:
         c = min(cells, key=lambda c: math.hypot((c["box"][0] + c["box"][2] - w) / 2,
                                                 (c["box"][1] + c["box"][3] - h) / 2))
         out.cells.append((label, c["class"], c["state"]))
-    return out, stage.classes
+    finish(out, session)
+    return out, session.stage.classes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_stage_arguments(q: argparse.ArgumentParser) -> None:
-    """The data folder and the options of :func:`make_stage`."""
+    """The data folder and the options of :func:`make_session`."""
     q.add_argument("data")
     q.add_argument("--model", default="wbc5")
     q.add_argument("--threads", type=int, default=1)
@@ -203,6 +231,8 @@ def add_stage_arguments(q: argparse.ArgumentParser) -> None:
                    help="what scales the crops (default: cell mode's)")
     q.add_argument("--min-confidence", type=float, default=0.0,
                    help="the confidence gate (default: cell mode's)")
+    q.add_argument("--no-domain-check", action="store_true",
+                   help="leave out the model's microscope check (confidence gate only)")
     q.add_argument("--stain-normalise", metavar="REF.json",
                    help="re-stain every crop to this reference (python -m lgld.bench.stainfit)")
     q.add_argument("--stain-method", choices=METHODS, default="macenko",
@@ -220,6 +250,11 @@ def run(args: argparse.Namespace) -> int:
           f"sure {result['sure']:.1%} (wrong: {result['sure_wrong_of_sure']:.1%} of sure, "
           f"{result['sure_wrong_of_cells']:.1%} of cells), "
           f"differential TV {result['differential_tv']:.3f}")
+    micro = result["microscope"]
+    if micro:
+        print(f"  microscope check: {micro['state']}" + (f" (z {micro['z']})" if "z" in micro
+                                                          else "")
+              + f"; not sure as unfamiliar: {result['unfamiliar']:.1%} of cells")
     for t, row in result["confusion"].items():
         print(f"  {t:<11} -> " + ", ".join(f"{k} {v}" for k, v in sorted(row.items())))
     return 0

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from lgld.bench.cellmode import load_items
-from lgld.bench.celltypes import add_stage_arguments, make_stage
+from lgld.bench.celltypes import add_stage_arguments, make_session
 from lgld.bench.stainnorm import fit_reference, load_reference, normalise_bgr, save_reference
 from lgld.runtime.core.cliutil import OneLineParser, run_cli
 from lgld.runtime.core.preprocess import read_image
@@ -30,9 +30,8 @@ def stage_crops(args: argparse.Namespace) -> list[np.ndarray]:
     if not items:
         raise ValueError(f"no images in {args.data}")
     crops: list[np.ndarray] = []
-    stage = make_stage(args, record=crops)
+    stage = make_session(args, record=crops).stage
     for path, _ in items:
-        stage.reset()
         stage.process(read_image(path))
     if not crops:
         raise ValueError(f"no cell found in {len(items)} images of {args.data}")

@@ -9,9 +9,11 @@ outlined (always in roi mode; in field mode when it is not the whole frame).
 Cell mode: a box per white cell coloured by its class, with the class and confidence on a label
 of the class colour in black or white, whichever contrasts more (WCAG contrast >= 4.5:1 for every
 class colour); dimmed grey when the cell is cut by the border and not counted, amber while
-uncertain. Instead of the verdict, the count panel (counts and percentages per class, progress
-to the target, "COUNT COMPLETE" when reached) sits in a strip right of the frame, so it hides
-no cell: the cell-mode overlay is wider than the frame.
+uncertain, amber with ``?`` after the class when the call is confident but not vouched for on
+this microscope (``unfamiliar``: counted as its class, not sure). Instead of the verdict, the
+count panel (counts and percentages per class, progress to the target, "COUNT COMPLETE" when
+reached, and under it the microscope check when its calls are not sure) sits in a strip right
+of the frame, so it hides no cell: the cell-mode overlay is wider than the frame.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ def _draw_cells(img: np.ndarray, result: Result | None, s: float, thick: int) ->
         colour = CLASS_COLOURS.get(label or "", WHITE)
         if state == "partial":
             colour = GREY
-        elif state == "uncertain":
+        elif state in ("uncertain", "unfamiliar"):
             colour = AMBER
         if state == "partial":  # dimmed: drawn thin and translucent
             layer = img.copy()
@@ -223,7 +225,8 @@ def _draw_cells(img: np.ndarray, result: Result | None, s: float, thick: int) ->
             cv2.addWeighted(layer, 0.5, img, 0.5, 0, dst=img)
             continue
         cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), colour, thick + 1, cv2.LINE_AA)
-        text = f"{label or '?'} {100 * cell.get('confidence', 0):.0f}%"
+        mark = "?" if state == "unfamiliar" else ""
+        text = f"{label or '?'}{mark} {100 * cell.get('confidence', 0):.0f}%"
         if cell.get("counted"):
             text += " *"
         (tw, th), _ = cv2.getTextSize(text, FONT, 0.55 * s, max(1, thick - 1))
@@ -278,3 +281,21 @@ def _count_panel(img: np.ndarray, count: dict[str, Any], s: float, thick: int) -
               WHITE, max(1, thick - 1))
         _text(img, f"{count['percent'].get(cls, 0.0):5.1f}%", (x0 + round(235 * s), y),
               0.55 * s, WHITE, max(1, thick - 1))
+    _domain_lines(img, count.get("domain"), x0, y + line, s, thick)
+
+
+def _domain_lines(img: np.ndarray, domain: dict[str, Any] | None, x: int, y: int, s: float,
+                  thick: int) -> None:
+    """Under the count: why its calls are not shown as sure (a new microscope, or checking)."""
+    d = domain or {}
+    state = d.get("state")
+    if state == "new microscope":
+        lines = ["NEW MICROSCOPE: types not", "validated, no call is sure"]
+    elif state == "checking":
+        lines = [f"checking microscope {d.get('cells', 0)}/{d.get('needed', '?')}",
+                 "? = not sure on this microscope"]
+    else:
+        return
+    for i, text in enumerate(lines):
+        _text(img, text, (x, y + i * round(24 * s)), 0.55 * s,
+              AMBER if state == "checking" else RED, max(1, thick - 1))

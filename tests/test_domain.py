@@ -268,3 +268,148 @@ def test_a_domain_event_belongs_to_its_session_in_the_report_reader(tmp_path):
     parsed = read_log(log)
     assert parsed.other_records == 0 and parsed.skipped == 0
     assert len(parsed.get("S").cells) == 30
+
+
+# --- which calls are shown as sure ------------------------------------------------------------
+
+def foreign_logits(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Confident calls (one class well ahead) whose logits lie far from the reference."""
+    x = logits_like_training(n, rng) * 2.5
+    return x + rng.normal(0.0, 4.0, x.shape)
+
+
+def test_vouching_follows_the_session_state_and_each_cell_while_checking(reference):
+    rng = np.random.default_rng(6)
+    check = DomainCheck(reference, first_n=5)
+    own = check.cell_scores(logits_like_training(200, rng))
+    far = check.cell_scores(foreign_logits(200, rng))
+    # checking: a cell like the reference is vouched for, a foreign-looking one is not
+    assert np.mean([check.vouches(s) for s in own]) >= 0.9
+    assert not any(check.vouches(s) for s in far)
+    assert not check.vouches(float("nan")) and not check.vouches(None)
+    check.add(foreign_logits(3, rng))  # 3 foreign cells: even a familiar-looking one is not sure
+    assert sum(check.vouches(s) for s in own) <= 0.2 * len(own)
+    check.add(foreign_logits(2, rng))
+    assert check.state()["state"] == NEW and not any(check.vouches(s) for s in own)
+    check.reset()
+    check.add(logits_like_training(5, rng))
+    assert check.state()["state"] == FAMILIAR and all(check.vouches(s) for s in far)
+    assert DomainCheck(None).vouches(None)  # no reference: as before, confidence alone
+
+
+def test_a_validated_microscope_vouches_only_with_a_good_validation(reference):
+    rng = np.random.default_rng(7)
+    shifted = foreign_logits(50, rng)
+    first = DomainCheck(reference, first_n=50)
+    first.add(shifted)
+    st = first.state()
+    for ci_low, sure in ((0.35, False), (0.92, True)):
+        record = {"validation": {"reviewed": 50, "right": 25, "accuracy": 0.5,
+                                 "ci95": [ci_low, 0.99]},
+                  "domain": {"score_mean": st["score_mean"], "score_sd": st["score_sd"]}}
+        check = DomainCheck(reference, first_n=50, validations=[record])
+        check.add(shifted)
+        assert check.state()["state"] == VALIDATED and check.vouches(None) is sure
+
+
+def slide_session(rows: np.ndarray, domain: DomainCheck | None, tracking: bool = False,
+                  frames: int = 0):
+    """A count session over demo-slide frames whose every cell gets a row of ``rows``."""
+    from lgld.runtime.cells.slide import SlideScan
+
+    scan = SlideScan((640, 480), speed=320.0, seed=3)
+    step = 2 if tracking else 15  # tracked: 15 frames a second; else unrelated views
+    frames = frames or (120 if tracking else 40)
+    stage = CellStage(LogitModel(rows), tracking=tracking)
+    written: list[dict] = []
+    session = CountSession(stage, written.append, domain=domain)
+    session.start()
+    shown = []
+    for index in range(frames):
+        image = scan.frame(30 + index * step)  # after the slide's lead-in
+        shown += session.process(stage.prepare(image), image, index * step / scan.fps,
+                                 index).cells
+    return shown, [e for e in written if e["event"] == "cell"]
+
+
+def confident(rows: np.ndarray) -> np.ndarray:
+    e = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).max(axis=1)
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_a_session_whose_cells_look_foreign_shows_no_call_as_sure(reference, tracking):
+    rows = foreign_logits(24, np.random.default_rng(8))
+    rows = np.tile(rows[confident(rows) >= 0.9][:1], (24, 1))  # every cell: one confident call
+    shown, cells = slide_session(rows, None, tracking)
+    assert shown and all(c["state"] in ("ok", "partial") for c in shown if c["class"])
+    shown, cells = slide_session(rows, DomainCheck(reference, first_n=3), tracking)
+    whole = [c for c in shown if c["state"] != "partial" and c["class"]]
+    assert whole and all(c["state"] == "unfamiliar" for c in whole)
+    # still counted by type (the lab needs a differential), logged as not sure
+    assert len(cells) >= 4 and all(c["class"] != "unclassified" for c in cells)
+    assert all(c["state"] == "unfamiliar" for c in cells)
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_a_session_like_the_training_images_keeps_its_sure_calls(reference, tracking):
+    rows = logits_like_training(200, np.random.default_rng(9))
+    z = (DomainCheck(reference).cell_scores(rows) - reference.score_mean) / reference.score_sd
+    rows = np.tile(rows[(np.abs(z) < 1) & (confident(rows) >= 0.9)][:1], (24, 1))
+    without, _ = slide_session(rows, None, tracking)
+    shown, cells = slide_session(rows, DomainCheck(reference, first_n=3), tracking)
+    assert [c["state"] for c in shown] == [c["state"] for c in without]
+    assert sum(c["state"] == "ok" for c in shown) >= 10
+    assert len(cells) >= 4 and all(c["state"] == "ok" for c in cells)
+
+
+def test_an_old_log_replays_unchanged_and_a_new_one_says_which_calls_were_sure(tmp_path):
+    from lgld.runtime.core.countlog import replay
+
+    old = _log(tmp_path, {1: "reclassify", 2: "reject"}, domain=False)  # no cell states
+    lines = old.read_text().splitlines()
+    lines.insert(2, json.dumps({"event": "cell", "session": "S", "track": 99,
+                                "class": "unclassified", "confidence": 0.4, "probs": {}}))
+    old.write_text("\n".join(lines) + "\n")
+    session = replay(old).get("S")
+    assert session.reviewed_counts() == {"Neutrophil": 28, "Lymphocyte": 1, "unclassified": 1}
+    assert session.sure_calls() == {"ok": 30, "uncertain": 1, "unfamiliar": 0}
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({**json.loads(line), "state": "unfamiliar"}) + "\n"
+                           if '"cell"' in line and '"unclassified"' not in line else line + "\n"
+                           for line in lines))
+    again = replay(new).get("S")
+    assert again.reviewed_counts() == session.reviewed_counts()  # counted by type all the same
+    assert again.sure_calls() == {"ok": 0, "uncertain": 1, "unfamiliar": 30}
+    assert report_cli.main([str(new), "--json", str(tmp_path / "r.json"),
+                            "-o", str(tmp_path / "r.html")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["calls_shown"]["unfamiliar"] == 30
+    assert "0 of 31" in (tmp_path / "r.html").read_text()
+
+
+def test_the_overlay_shows_an_unfamiliar_call_as_not_sure_and_says_why():
+    from types import SimpleNamespace
+
+    from lgld.runtime import overlay
+
+    def box_colour(state):
+        img = np.full((200, 200, 3), 255, np.uint8)
+        cell = {"box": [40, 60, 160, 180], "class": "Neutrophil", "confidence": 0.95,
+                "state": state, "counted": True}
+        overlay._draw_cells(img, SimpleNamespace(cells=[cell]), 1.0, 2)
+        return tuple(int(v) for v in img[120, 40])
+
+    assert box_colour("ok") == overlay.CLASS_COLOURS["Neutrophil"]
+    assert box_colour("unfamiliar") == overlay.AMBER == box_colour("uncertain")
+    count = {"counts": {"Neutrophil": 3, "unclassified": 0}, "total": 3, "target": 100,
+             "percent": {"Neutrophil": 100.0, "unclassified": 0.0}, "complete": False}
+    frame = np.full((480, 640, 3), 200, np.uint8)
+
+    def strip(domain):
+        return overlay._count_strip(frame.copy(), {**count, "domain": domain}, 1.0, 2)[:, 640:]
+
+    plain = strip({"state": FAMILIAR})
+    assert np.array_equal(plain, strip(None))
+    new = strip({"state": NEW})
+    assert (np.abs(new.astype(int) - plain).sum(axis=2) > 0).sum() > 200  # the warning drawn
+    assert (np.all(new == overlay.RED, axis=2)).any()

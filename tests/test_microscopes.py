@@ -144,9 +144,32 @@ def test_labelled_fields_are_scored_through_cell_mode(tmp_path, capsys):
     r = json.loads(out)
     assert r["images"] == 4 and r["cells"] + r["missed"] == 5
     assert sum(sum(row.values()) for row in r["confusion"].values()) == r["cells"]
+    # the microscope check runs as in cell mode: BCCD's cells look foreign, none is sure
+    assert r["microscope"]["state"] == "checking" and r["sure"] == 0 and r["unfamiliar"] > 0
+    assert main(["fields", str(fields), "--model", "wbc5", "--json", "--no-domain-check"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["microscope"] is None and r["sure"] > 0 and r["unfamiliar"] == 0
     (fields / "labels.csv").write_text("file,types\n")
     assert main(["fields", str(fields), "--model", "wbc5"]) == 1
     assert "no cell could be scored" in capsys.readouterr().err
+
+
+def test_pbc_crops_keep_their_sure_calls_under_the_microscope_check(tmp_path, capsys):
+    import json
+
+    from lgld.bench.celltypes import main
+
+    assets = Path(__file__).resolve().parents[1] / "runtime" / "assets"
+    for path in sorted(assets.glob("cells-*.jpg")) + sorted(assets.glob("wbc5-*.jpg")):
+        folder = tmp_path / path.stem.split("-")[1].capitalize()
+        folder.mkdir(exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    assert main(["crops", str(tmp_path), "--model", "wbc5", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["cells"] >= 16 and r["microscope"]["state"] == "checking"
+    assert main(["crops", str(tmp_path), "--model", "wbc5", "--json", "--no-domain-check"]) == 0
+    without = json.loads(capsys.readouterr().out)
+    assert r["sure"] >= 0.8 and r["sure"] >= 0.85 * without["sure"]  # 15 of 17 measured
 
 
 def test_leave_one_microscope_out_marks_what_each_model_saw(tmp_path, capsys):

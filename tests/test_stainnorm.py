@@ -133,7 +133,7 @@ def test_a_reference_is_fitted_on_cell_mode_crops_and_the_bench_applies_it(tmp_p
     # the bench's classifier re-stains every crop before the model's own preprocessing
     parsed = celltypes.build_parser().parse_args(
         ["crops", str(wbc5), "--stain-normalise", str(ref), "--stain-method", "nucleus"])
-    stage = celltypes.make_stage(parsed)
+    stage = celltypes.make_session(parsed).stage
     crop = np.ascontiguousarray(_crop(OTHER_SCOPE, strength=0.5)[..., ::-1])
     wrapped = stage.classifier
     assert np.array_equal(wrapped.prepare([crop]), wrapped.classifier.prepare(

@@ -72,7 +72,9 @@ class CountSession:
         domain: DomainCheck | None = None,
     ) -> None:
         self.stage = stage
-        self.domain = domain  # the microscope check of each session (core.domain)
+        if domain is not None:  # the stage reads it to decide which calls are shown as sure
+            stage.domain = domain
+        self.domain = stage.domain  # the microscope check of each session (core.domain)
         self.write = write
         self.model = model or {}
         self.sample = sample
@@ -167,7 +169,7 @@ class CountSession:
                     self._emit(cell_record(
                         sid, counted.track if counted.track >= 0 else None, counted.label,
                         counted.confidence, counted.probs, counted.frames_seen, counted.box,
-                        frame_index, crop_path, context_path))
+                        frame_index, crop_path, context_path, counted.state))
                 if self.domain is not None and self.domain.add(result.logits):
                     state = self.domain.state()
                     log.info("count session %s: %s", sid, state["message"])

@@ -8,12 +8,16 @@ logs or the web page.
 Live sources are tracked: a cell is counted once per track (see :mod:`.track`). Unrelated
 images (``tracking=False``) have no tracks: every whole cell of every image is counted once,
 so a folder of fields gives a differential count too.
+
+With a microscope check (``domain``, core.domain; its cells are added by the count session) a
+confident call the check cannot vouch for is shown as ``unfamiliar`` rather than ``ok``: it
+still counts as its class, but is not shown as sure.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,13 +38,18 @@ from lgld.runtime.cells.detect import (
     background_reference,
 )
 from lgld.runtime.cells.track import (
+    OK,
+    PARTIAL,
+    UNCERTAIN,
     UNCLASSIFIED,
+    UNFAMILIAR,
     CellTracker,
     CountedCell,
     TrackerSettings,
 )
 from lgld.runtime.config import CellsSection
 from lgld.runtime.core.classifier import softmax
+from lgld.runtime.core.domain import DomainCheck
 
 
 @dataclass
@@ -72,7 +81,7 @@ class CellStage:
 
     def __init__(self, classifier: Any, detector: DetectorSettings | None = None,
                  tracker: TrackerSettings | None = None, target: int = CellsSection.target,
-                 tracking: bool = True) -> None:
+                 tracking: bool = True, domain: DomainCheck | None = None) -> None:
         check_white_cell_model(classifier.classes)
         self.classifier = classifier
         self.classes = list(classifier.classes)
@@ -80,6 +89,7 @@ class CellStage:
         self.tracker_settings = tracker or TrackerSettings()
         self.tracker = CellTracker(self.classes, self.tracker_settings) if tracking else None
         self.count = DifferentialCount(self.classes, target)
+        self.domain = domain  # the session's microscope check: which calls are shown as sure
         self._untracked_ids = 0  # images: each counted cell its own id, so it can be reviewed
 
     def reset(self) -> None:
@@ -120,25 +130,31 @@ class CellStage:
             probs[~np.isfinite(probs).all(axis=1)] = 0.0  # a broken output is never a class
         result = CellFrame([], detect_ms=prepared.detect_ms, warnings=list(found.warnings))
         side = crop_side(found.crop_diameter)
+        scores = None if self.domain is None else self.domain.cell_scores(logits)
         if self.tracker is None:
             for i, cell in enumerate(found.cells):
-                record = self._untracked(cell, probs[i])
+                score = None if scores is None else float(scores[i])
+                record = self._untracked(cell, probs[i], score)
                 result.cells.append(record)
                 if not cell.partial:
-                    label = record["class"] if record["state"] == "ok" else UNCLASSIFIED
+                    state = record["state"]
+                    label = record["class"] if state != UNCERTAIN else UNCLASSIFIED
                     self._untracked_ids += 1
                     self._counted(result, CountedCell(
                         self._untracked_ids, label, record["confidence"], record["probs"], 1,
-                        cell.box, i), image, found, side, logits)
+                        cell.box, i, state, score), image, found, side, logits)
         else:
-            update = self.tracker.update(found.cells, probs, image.shape[1], now)
+            update = self.tracker.update(found.cells, probs, image.shape[1], now, scores)
             for shown in update.cells:
                 result.cells.append({
                     "box": list(shown.box), "class": shown.label,
-                    "confidence": round(shown.confidence, 4), "state": shown.state,
+                    "confidence": round(shown.confidence, 4),
+                    "state": self._vouched(shown.state, shown.domain_score),
                     "track": shown.track, "probs": shown.probs, "counted": shown.counted,
                 })
             for counted in update.counted:
+                counted = replace(counted, state=self._vouched(counted.state,
+                                                               counted.domain_score))
                 self._counted(result, counted, image, found, side, logits)
         result.classify_ms = prepared.prepare_ms + 1000 * (time.perf_counter() - t0)
         return result
@@ -157,11 +173,17 @@ class CellStage:
         fill = background_reference(image)  # the saved crop is colour-balanced as the model saw it
         result.crops.append(white_balanced(cell_crop(image, centre, side, fill), fill))
 
-    def _untracked(self, cell: Detection, p: np.ndarray) -> dict[str, Any]:
+    def _vouched(self, state: str, score: float | None) -> str:
+        """``ok`` stays ``ok`` only when the microscope check vouches for the call."""
+        if state != OK or self.domain is None or self.domain.vouches(score):
+            return state
+        return UNFAMILIAR
+
+    def _untracked(self, cell: Detection, p: np.ndarray, score: float | None) -> dict[str, Any]:
         k = int(np.argmax(p))
         conf = float(p[k])
-        state = "partial" if cell.partial else (
-            "ok" if conf >= self.tracker_settings.min_confidence else "uncertain")
+        state = PARTIAL if cell.partial else self._vouched(
+            OK if conf >= self.tracker_settings.min_confidence else UNCERTAIN, score)
         return {"box": list(cell.box), "class": self.classes[k], "confidence": round(conf, 4),
                 "state": state,
                 "probs": dict(zip(self.classes, np.round(p, 4).tolist(), strict=True))}

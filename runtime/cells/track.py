@@ -7,7 +7,8 @@ widths per second). Unmatched detections start tracks; a track not seen for ``ma
 frames ends. A track's class is the mean of its class probabilities over the frames in which
 the cell was whole (partial crops are not averaged in). It is counted once, the first time it
 has been seen whole in ``min_frames`` frames: as its class when the mean confidence reaches
-``min_confidence``, else as "unclassified".
+``min_confidence``, else as "unclassified". Optional per-detection domain scores
+(core.domain) are averaged the same way, for the stage to decide whether a call is shown as sure.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from lgld.runtime.cells.detect import Detection
 from lgld.runtime.config import CellsSection
 
 UNCLASSIFIED = "unclassified"
+#: Per-cell states: a sure call, below the confidence gate, confident but not vouched for on
+#: this microscope (core.domain), cut by the frame's border.
+OK, UNCERTAIN, UNFAMILIAR, PARTIAL = "ok", "uncertain", "unfamiliar", "partial"
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Track:
     time: float
     velocity: tuple[float, float] = (0.0, 0.0)  # pixels per second
     prob_sum: np.ndarray | None = None
+    score_sum: float = 0.0  # domain scores of the whole frames that had one
+    scored: int = 0
     frames_seen: int = 0  # frames in which the cell was whole and classified
     missed: int = 0
     partial: bool = False
@@ -69,6 +75,9 @@ class Track:
             return None
         return self.prob_sum / self.frames_seen
 
+    def mean_score(self) -> float | None:
+        return self.score_sum / self.scored if self.scored else None
+
 
 @dataclass
 class TrackedCell:
@@ -78,10 +87,11 @@ class TrackedCell:
     box: tuple[int, int, int, int]
     label: str | None  # class name (None until the cell was seen whole once)
     confidence: float
-    state: str  # ok | uncertain | partial
+    state: str  # ok | uncertain | partial (the stage may make an ok one unfamiliar)
     probs: dict[str, float]
     frames_seen: int
     counted: bool
+    domain_score: float | None = None  # mean domain score of the track's whole frames
 
 
 @dataclass
@@ -95,6 +105,8 @@ class CountedCell:
     frames_seen: int
     box: tuple[int, int, int, int]
     detection_index: int  # index of the cell in this frame's detections (for its crop)
+    state: str = OK  # ok, or uncertain when counted as unclassified (the stage: unfamiliar)
+    domain_score: float | None = None
 
 
 @dataclass
@@ -125,8 +137,9 @@ class CellTracker:
         self._next_id = max(self._next_id, track + 1)
 
     def update(self, detections: Sequence[Detection], probs: np.ndarray | None,
-               frame_width: int, now: float) -> TrackUpdate:
-        """Associate one frame's detections (and their class probabilities) with the tracks."""
+               frame_width: int, now: float, scores: np.ndarray | None = None) -> TrackUpdate:
+        """Associate one frame's detections (and their class probabilities, and optionally
+        their domain scores) with the tracks."""
         s = self.settings
         pairs = []
         for ti, t in enumerate(self.tracks):
@@ -168,6 +181,9 @@ class CellTracker:
                 p = probs[di].astype(np.float64)
                 t.prob_sum = p.copy() if t.prob_sum is None else t.prob_sum + p
                 t.frames_seen += 1
+                if scores is not None and np.isfinite(scores[di]):
+                    t.score_sum += float(scores[di])
+                    t.scored += 1
             counted = self._maybe_count(t, di)
             if counted is not None:
                 update.counted.append(counted)
@@ -188,18 +204,20 @@ class CellTracker:
         label, conf, probs = self._label(t)
         if label is None:
             return None
+        state = OK
         if conf < self.settings.min_confidence:
-            label = UNCLASSIFIED
+            label, state = UNCLASSIFIED, UNCERTAIN
         t.counted_as = label
-        return CountedCell(t.id, label, conf, probs, t.frames_seen, t.box, index)
+        return CountedCell(t.id, label, conf, probs, t.frames_seen, t.box, index, state,
+                           t.mean_score())
 
     def _shown(self, t: Track) -> TrackedCell:
         label, conf, probs = self._label(t)
         if t.partial:
-            state = "partial"
+            state = PARTIAL
         elif label is None or conf < self.settings.min_confidence:
-            state = "uncertain"
+            state = UNCERTAIN
         else:
-            state = "ok"
+            state = OK
         return TrackedCell(t.id, t.box, label, conf, state, probs, t.frames_seen,
-                           t.counted_as is not None)
+                           t.counted_as is not None, t.mean_score())

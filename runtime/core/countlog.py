@@ -30,6 +30,9 @@ SESSION_START, CELL, REVIEW, SESSION_END, FRAME, SKIP, DOMAIN = (
 SESSION_EVENTS = (SESSION_START, CELL, REVIEW, SESSION_END, FRAME, DOMAIN)
 REVIEW_ACTIONS = ("confirm", "reclassify", "reject")
 UNCLASSIFIED = "unclassified"
+#: A counted cell's ``state``: shown as sure, below the confidence gate (counted unclassified),
+#: or confident but not vouched for on this microscope (counted as its class, not sure).
+CELL_STATES = ("ok", "uncertain", "unfamiliar")
 MAX_INT = 2**53  # the largest integer every JSON reader holds exactly
 MAX_TEXT = 1000  # characters of a sample label, model name or path read back
 MAX_ID = 128  # characters of a session id
@@ -147,11 +150,11 @@ def domain_record(session: str, state: dict[str, Any]) -> dict[str, Any]:
 
 def cell_record(session: str, track: int | None, label: str, confidence: float,
                 probs: dict[str, float], frames_seen: int, box: Any, frame: int,
-                crop: str | None, context: str | None) -> dict[str, Any]:
+                crop: str | None, context: str | None, state: str = "ok") -> dict[str, Any]:
     return {"event": CELL, "session": session, TIME_KEY: now_iso(), "track": track,
             "class": label, "confidence": round(confidence, 4), "probs": probs,
             "frames_seen": frames_seen, "box": list(box), "frame": frame, "crop": crop,
-            "context": context}
+            "context": context, "state": state}
 
 
 def review_record(session: str, track: int, action: str,
@@ -235,6 +238,15 @@ class Cell:
     crop: str | None
     review: str | None = None  # the last review's action: confirm | reclassify | reject
     review_class: str | None = None  # the class a reclassify review gave
+    state: str | None = None  # as logged (CELL_STATES); None in logs written before it
+
+    @property
+    def sure(self) -> bool:
+        """Shown as sure when counted: state ``ok``; a log without states (older lgld) showed
+        every cell counted as a class as sure."""
+        if self.state is not None:
+            return self.state == "ok"
+        return self.model_class != UNCLASSIFIED
 
     @property
     def rejected(self) -> bool:
@@ -369,6 +381,12 @@ class Session:
             return None
 
     # --- confidence ---------------------------------------------------------------------
+    def sure_calls(self) -> dict[str, int]:
+        """Counted cells by how they were shown: sure, not vouched for on this microscope
+        (``unfamiliar``), below the confidence gate (``uncertain``)."""
+        tally = Counter("ok" if c.sure else c.state or "uncertain" for c in self.cells)
+        return {state: tally[state] for state in CELL_STATES}
+
     def confidence_histogram(self, bins: int = 20) -> list[int]:
         """Counted cells per confidence bin over [0, 1] (``bins`` equal bins)."""
         hist = [0] * bins
@@ -589,6 +607,7 @@ class SessionReader:
             and all(_int(v, -2**31, 2**31) is not None for v in box) else None,
             frame=_int(record.get("frame")),
             crop=_text(record.get("crop")) or None,
+            state=record.get("state") if record.get("state") in CELL_STATES else None,
         ))
         session._seen(when)
         return True

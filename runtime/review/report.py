@@ -163,6 +163,7 @@ def summary(log: SessionLog, session: Session, crops: CropFiles | None = None) -
             "rejected": session.rejected,
             "orphan_events": session.orphan_reviews,
         },
+        "calls_shown": session.sure_calls(),  # ok (sure) / uncertain / unfamiliar, when counted
         "confidence": {
             "bins": HIST_BINS,
             "histogram": session.confidence_histogram(HIST_BINS),
@@ -453,7 +454,7 @@ h2{font-size:16px;margin:26px 0 10px;padding-bottom:4px;border-bottom:1px solid 
 h3{font-size:14px;margin:16px 0 8px;display:flex;align-items:center;gap:8px}
 .sub{color:#555;margin:0}
 .warn{color:#7a5b00;font-size:12px;margin-top:6px}
-.cards{display:grid;grid-template-columns:repeat(6,1fr);gap:10px;margin:8px 0 4px}
+.cards{display:grid;grid-template-columns:repeat(7,1fr);gap:10px;margin:8px 0 4px}
 .card{border:1px solid #e3e6ea;border-radius:5px;padding:8px 10px;background:#fafbfc}
 .card .v{font-size:20px;font-weight:600}
 .card .k{font-size:11px;color:#667;text-transform:uppercase;letter-spacing:.03em}
@@ -545,6 +546,7 @@ def _cards_html(session: Session, data: dict[str, Any]) -> str:
         ("duration", _fmt_duration(data["duration_s"])),
         ("cells / min", f'{data["cells_per_min"]:.1f}' if data["cells_per_min"] else "n/a"),
         ("corrections", f'{data["review"]["corrections"]}'),
+        ("shown as sure", f'{data["calls_shown"]["ok"]} of {data["cells"]}'),
     ]
     return "".join(f'<div class="card"><div class="v">{escape(v)}</div>'
                    f'<div class="k">{escape(k)}</div></div>' for k, v in cards)

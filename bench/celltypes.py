@@ -13,6 +13,10 @@ are matched as multisets (their order does not follow the boxes).
 (``<class>/*.jpg``, optionally one part of an lgld split file): the detected cell nearest
 the centre of each crop, as cell mode frames it.
 
+``--stain-normalise REF.json`` re-stains every crop to a reference (:mod:`.stainnorm`, fitted
+by :mod:`.stainfit`) before the model's own preprocessing: the measured ablation of stain
+normalisation.
+
 Both report the share of cells with the right type, macro F1, the calls shown as sure
 (state ``ok``) that are wrong, and the differential error (total variation distance between
 the true and the called class shares). Each folder is one count session of cell mode (a
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lgld.bench.cellmode import iou, load_items, parse_diameter, voc_boxes
+from lgld.bench.stainnorm import METHODS, Stains, load_reference, normalise_bgr
 from lgld.runtime.cells.detect import FRAMINGS, DetectorSettings
 from lgld.runtime.cells.session import CountSession
 from lgld.runtime.cells.stage import CellStage
@@ -100,10 +105,35 @@ def read_labels(path: Path) -> dict[str, list[str]]:
                 for row in csv.DictReader(fh)}
 
 
-def make_session(args: argparse.Namespace) -> CountSession:
+class StainNormalised:
+    """A classifier whose crops are stain-normalised (and/or recorded) before its own
+    preprocessing; everything else is the wrapped classifier's."""
+
+    def __init__(self, classifier: OnnxClassifier, reference: Stains | None,
+                 method: str = "macenko", record: list[np.ndarray] | None = None) -> None:
+        self.classifier, self.reference, self.method = classifier, reference, method
+        self.record = record
+
+    def __getattr__(self, name: str):
+        return getattr(self.classifier, name)
+
+    def prepare(self, crops: list[np.ndarray]) -> np.ndarray:
+        if self.record is not None:
+            self.record.extend(c.copy() for c in crops)
+        if self.reference is not None:
+            crops = [normalise_bgr(c, self.reference, self.method) for c in crops]
+        return self.classifier.prepare(crops)
+
+
+def make_session(args: argparse.Namespace,
+                 record: list[np.ndarray] | None = None) -> CountSession:
     """Cell mode's stage and count session for a folder of images, with the model's
-    microscope check as lgld-run builds it (no stored validations)."""
+    microscope check as lgld-run builds it (no stored validations); ``record`` collects every
+    crop the model is given."""
+    stains = load_reference(args.stain_normalise) if args.stain_normalise else None
     classifier = OnnxClassifier(resolve_model(args.model), threads=args.threads)
+    if stains is not None or record is not None:
+        classifier = StainNormalised(classifier, stains, args.stain_method, record)
     tracker = TrackerSettings(min_confidence=args.min_confidence) if args.min_confidence \
         else None
     stage = CellStage(classifier, DetectorSettings(diameter_px=args.diameter,
@@ -183,21 +213,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--part", default="val")
     c.add_argument("--limit", type=int, default=0, help="at most N crops, evenly spread")
     for q in (f, c):
-        q.add_argument("data")
-        q.add_argument("--model", default="wbc5")
-        q.add_argument("--threads", type=int, default=1)
-        q.add_argument("--diameter", type=parse_diameter,
-                       default=CellsSection().diameter_range(),
-                       help="white-cell diameter range LO,HI in pixels, or auto "
-                            "(default: cell mode's)")
-        q.add_argument("--framing", choices=FRAMINGS, default=CellsSection.framing,
-                       help="what scales the crops (default: cell mode's)")
-        q.add_argument("--min-confidence", type=float, default=0.0,
-                       help="the confidence gate (default: cell mode's)")
-        q.add_argument("--no-domain-check", action="store_true",
-                       help="leave out the model's microscope check (confidence gate only)")
+        add_stage_arguments(q)
         q.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+def add_stage_arguments(q: argparse.ArgumentParser) -> None:
+    """The data folder and the options of :func:`make_session`."""
+    q.add_argument("data")
+    q.add_argument("--model", default="wbc5")
+    q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--diameter", type=parse_diameter,
+                   default=CellsSection().diameter_range(),
+                   help="white-cell diameter range LO,HI in pixels, or auto "
+                        "(default: cell mode's)")
+    q.add_argument("--framing", choices=FRAMINGS, default=CellsSection.framing,
+                   help="what scales the crops (default: cell mode's)")
+    q.add_argument("--min-confidence", type=float, default=0.0,
+                   help="the confidence gate (default: cell mode's)")
+    q.add_argument("--no-domain-check", action="store_true",
+                   help="leave out the model's microscope check (confidence gate only)")
+    q.add_argument("--stain-normalise", metavar="REF.json",
+                   help="re-stain every crop to this reference (python -m lgld.bench.stainfit)")
+    q.add_argument("--stain-method", choices=METHODS, default="macenko",
+                   help="what --stain-normalise maps (default: macenko)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 Unsupervised first (the session's cells, no labels): AdaBN statistics blended with the
 model's own, optionally TENT on the BatchNorm scales and shifts. With ``--reviewed``, then a
-short fine-tune on the session's reviewed cells, mixed with the model's training data. The
+short fine-tune of the classifier layer on the session's reviewed cells, mixed with the
+model's training data; there the blend defaults to 0 (no AdaBN), the best start measured. The
 result is exported like any model (verified ONNX, dynamic batch; ``--int8`` adds the INT8
 sibling through its accuracy gate), carries a domain reference fitted on the session's cells
 (so the microscope it was adapted to is ``familiar``) and a card (OUT.md) recording what it
@@ -43,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", metavar="ID", help="session id (default: the log's last)")
     p.add_argument("--crops", metavar="DIR",
                    help="folder the crops were copied to (default: the log's folder)")
-    p.add_argument("--blend", type=float, default=0.5,
+    p.add_argument("--blend", type=float, default=None,
                    help="AdaBN: weight of the session's BatchNorm statistics (0 keeps the "
-                   "model's, 1 = plain AdaBN; default 0.5)")
+                   "model's, 1 = plain AdaBN; default 0 with --reviewed, the best start "
+                   "for a fine-tune measured in docs/lab-loop.md, else 0.5)")
     p.add_argument("--tent-steps", type=int, default=0,
                    help="TENT entropy-minimisation steps on the norm parameters (default 0)")
     p.add_argument("--tent-lr", type=float, default=1e-3)
@@ -92,6 +94,8 @@ def _mix(folder: str, classes: list[str], n: int) -> tuple[list[Path], list[int]
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.blend is None:
+        args.blend = 0.0 if args.reviewed else 0.5
     if not 0.0 <= args.blend <= 1.0:
         raise AdaptError(f"--blend must be in [0, 1], got {args.blend}")
     if not 0.0 <= args.mix_ratio < 1.0:
@@ -120,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         before = float(entropy(model(x)))
     adabn(model, x, args.blend)
     history = tent(model, x, args.tent_steps, args.tent_lr) if args.tent_steps else []
-    with torch.no_grad():
-        after = float(entropy(model(x)))
+    with torch.no_grad():  # unchanged statistics and no TENT: no second pass
+        after = float(entropy(model(x))) if args.blend or args.tent_steps else before
     record = {"log": Path(args.log).name, "session": cells.session, "cells": len(cells.crops),
               "source_model": {"path": ckpt_path.name, "sha256": file_sha256(ckpt_path)},
               "adabn_blend": args.blend, "tent_steps": args.tent_steps,
@@ -189,7 +193,7 @@ def _write_card(out: Path, record: dict, verification: str, seconds: float) -> N
              f"{record['cells']} counted cells (no labels).",
              f"- AdaBN: BatchNorm statistics blended {record['adabn_blend']} towards the "
              "session's cells.",
-             f"- TENT: {record['tent_steps']} steps on the BatchNorm scales and shifts.",
+             f"- TENT: {record['tent_steps']} steps on the normalisation scales and shifts.",
              f"- Mean prediction entropy on those cells: {record['entropy_before']} -> "
              f"{record['entropy_after']}."]
     ft = record.get("fine_tune")

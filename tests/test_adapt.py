@@ -24,7 +24,7 @@ from lgld.training.adapt import (  # noqa: E402
     session_cells,
     tent,
 )
-from lgld.training.finetune import finetune, pooled_features  # noqa: E402
+from lgld.training.finetune import finetune, pooled_features, refit_head  # noqa: E402
 
 WBC5 = ["Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil"]
 SAMPLES = Path(__file__).resolve().parent / "data" / "zoo_samples" / "WBC5"
@@ -39,7 +39,11 @@ def test_adabn_blend_zero_keeps_and_one_takes_the_new_statistics():
     model = tiny()
     x = torch.rand(40, 3, 32, 32) * 0.5 + 0.5  # brighter than anything the model saw
     before = [bn.running_mean.clone() for bn in batch_norms(model)]
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
     adabn(model, x, blend=0.0)
+    hook.remove()
+    assert not calls  # blend 0 keeps the statistics without a pass over the cells
     assert all(torch.allclose(a, bn.running_mean) for a, bn in
                zip(before, batch_norms(model), strict=True))
     full = adabn(tiny(), x, blend=1.0, batch_size=40)
@@ -92,6 +96,53 @@ def test_finetune_fits_the_classifier_layer_to_reviewed_cells():
     for k, v in model.state_dict().items():
         if k in trunk:
             assert torch.equal(v, trunk[k]), k
+
+
+def _separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features labelled by one known linear head; its class 2 wins on no feature."""
+    w_true = torch.randn(5, 16, generator=torch.Generator().manual_seed(0)) * 3
+    b_true = torch.tensor([0.0, 0.0, -1e3, 0.0, 0.0])
+    feats = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
+    return feats, (feats @ w_true.T + b_true).argmax(1)
+
+
+def test_refit_head_recovers_a_known_linear_head_and_keeps_classes_without_labels():
+    feats, y = _separable(400, 1)
+    test_f, test_y = _separable(400, 2)
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(16, 5)
+    w0, b0 = linear.weight.detach().clone(), linear.bias.detach().clone()
+    with torch.no_grad():
+        assert (linear(test_f).argmax(1) == test_y).float().mean() < 0.5
+    info = refit_head(linear, feats, y, l2=1e-4, balanced=False)
+    with torch.no_grad():
+        assert (linear(test_f).argmax(1) == test_y).float().mean() >= 0.95
+    assert info["refitted"] == [0, 1, 3, 4] and info["loss_after"] < info["loss_before"] / 4
+    assert torch.equal(linear.weight[2], w0[2]) and torch.equal(linear.bias[2], b0[2])
+    # a strong pull stays near the trained head; bad labels and l2 are one clear error
+    near = torch.nn.Linear(16, 5)
+    near.load_state_dict({"weight": w0, "bias": b0})
+    refit_head(near, feats, y, l2=100.0)
+    assert (near.weight - w0).norm() < (linear.weight - w0).norm() / 10
+    with pytest.raises(ValueError, match="class indices"):
+        refit_head(near, feats, y + 5)
+    with pytest.raises(ValueError, match="l2"):
+        refit_head(near, feats, y, l2=0.0)
+
+
+def test_refit_head_class_balance_favours_the_rare_class():
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 95 + [1] * 5)
+    feats = torch.randn(100, 2, generator=g) + y.float().view(-1, 1)  # overlapping classes
+    calls = {}
+    for balanced in (False, True):
+        linear = torch.nn.Linear(2, 2)
+        torch.nn.init.zeros_(linear.weight)
+        torch.nn.init.zeros_(linear.bias)
+        refit_head(linear, feats, y, l2=1e-3, balanced=balanced)
+        with torch.no_grad():
+            calls[balanced] = int((linear(feats).argmax(1) == 1).sum())
+    assert calls[True] > calls[False] + 10
 
 
 def _log(tmp_path: Path, reviews: bool = True) -> Path:
@@ -165,3 +216,30 @@ def test_lgld_adapt_writes_a_verified_model_with_its_card(tmp_path, capsys):
     assert main([str(log2), "-o", str(tmp_path / "z.onnx"), "--model", str(ckpt),
                  "--reviewed"]) == 1
     assert "no reviewed cells" in capsys.readouterr().err
+
+
+def test_lgld_adapt_blend_defaults_to_no_adabn_before_a_fine_tune():
+    from lgld.export.adapt_cli import _check, build_parser
+
+    for argv, blend in ((["--reviewed"], 0.0), ([], 0.5), (["--reviewed", "--blend", "0.3"], 0.3)):
+        args = build_parser().parse_args(["log.jsonl", "-o", "out.onnx", *argv])
+        _check(args)
+        assert args.blend == blend
+
+
+def test_tent_adapts_a_groupnorm_models_norm_scales_and_blend_zero_passes_it():
+    torch.manual_seed(0)
+    model = LGLDNet(ModelConfig(num_classes=5, input_size=32, base_channels=8, norm="group"))
+    model.eval()
+    x = torch.rand(16, 3, 32, 32)
+    adabn(model, x, blend=0.0)  # nothing to re-estimate, nothing asked: no error
+    with pytest.raises(AdaptError, match="no BatchNorm"):
+        adabn(model, x, blend=0.5)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    scales = [m.weight.clone() for m in norms]
+    conv = model.head[0].weight.clone()
+    history = tent(model, x, steps=15, lr=1e-2, batch_size=16)
+    with torch.no_grad():
+        assert float(entropy(model(x))) < history[0]
+    assert any(not torch.equal(a, m.weight) for a, m in zip(scales, norms, strict=True))
+    assert torch.equal(conv, model.head[0].weight)

@@ -93,12 +93,20 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+def norm_layers(model: nn.Module) -> list[nn.Module]:
+    """The normalisation layers whose scale and shift TENT adapts: BatchNorm or GroupNorm."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.GroupNorm)]
+
+
 @torch.no_grad()
 def adabn(model: nn.Module, inputs: torch.Tensor, blend: float = 0.5,
           batch_size: int = 64) -> nn.Module:
     """Blend every BatchNorm's running statistics towards those of ``inputs`` (in place)."""
     if not 0.0 <= blend <= 1.0:
         raise AdaptError(f"blend must be in [0, 1], got {blend}")
+    if blend == 0.0:  # the statistics stay the model's: no forward pass needed (and a
+        return model.eval()  # GroupNorm model, with none to re-estimate, passes)
     norms = batch_norms(model)
     if not norms:
         raise AdaptError("the model has no BatchNorm layers: nothing to re-estimate")
@@ -127,11 +135,11 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def tent(model: nn.Module, inputs: torch.Tensor, steps: int = 10, lr: float = 1e-3,
          batch_size: int = 32, seed: int = 0) -> list[float]:
-    """Entropy minimisation on the BatchNorm scales and shifts only (in place); the mean
-    entropy before each step."""
-    norms = batch_norms(model)
+    """Entropy minimisation on the normalisation scales and shifts only (in place; BatchNorm
+    or GroupNorm); the mean entropy before each step."""
+    norms = norm_layers(model)
     if not norms:
-        raise AdaptError("the model has no BatchNorm layers: nothing to adapt")
+        raise AdaptError("the model has no normalisation layers: nothing to adapt")
     model.eval()  # running statistics stay fixed: the result exports as it was trained
     for p in model.parameters():
         p.requires_grad_(False)

@@ -44,12 +44,13 @@ step count lgld-run --config lab.toml --model wbc5 --mode cells --source "images
     --log results.jsonl --threads "$THREADS" --preview off --precision fp32
 # 2. Review: labels.csv plays the person at the page (review events appended to the log).
 step review python "$HERE/review_from_labels.py" results.jsonl "$FIELDS"
-# 3. Adapt: AdaBN on the session's cells, then the classifier layer on its reviewed cells
-#    (with PBC crops mixed in), exported, verified, INT8 through its gate.
+# 3. Adapt: the classifier layer fitted on the session's reviewed cells (with PBC crops mixed
+#    in; no AdaBN unless LGLD_BLEND is set: it helped no learning curve in docs/lab-loop.md),
+#    exported, verified, INT8 through its gate.
 mix=()
 [[ -n $WBC5 ]] && mix=(--mix-data "$WBC5" --mix-ratio 0.5 --int8 --calib-data "$WBC5")
 step adapt lgld-adapt results.jsonl -o adapted.onnx --model "$ZOO/lgld-wbc5.pt" \
-    --blend "${LGLD_BLEND:-0.5}" --reviewed "${mix[@]}" --threads "$THREADS"
+    ${LGLD_BLEND:+--blend "$LGLD_BLEND"} --reviewed "${mix[@]}" --threads "$THREADS"
 # 4. Compare on the reviewed cells (the cells it was adapted on: not held out; the held-out
 #    two-fold numbers are docs/lab-loop/measure_adapt.py's) and, with WBC5, on PBC crops.
 step dataset lgld-dataset results.jsonl -o lab-data --min-per-class 1

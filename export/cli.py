@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name for the metadata (default: the training data set's name)")
     p.add_argument("--threads", type=int, default=None,
                    help="ONNX Runtime threads for verification and timing")
+    d = p.add_argument_group("domain reference (cell mode's per-session microscope check)")
+    d.add_argument("--domain-data", metavar="DIR",
+                   help="the model's training data folder: its validation images are "
+                   "recorded as what this model knows (without it cell mode cannot tell a new "
+                   "microscope)")
+    d.add_argument("--domain-split", metavar="SPLIT.json",
+                   help="the run's split.json: only its val part is used (recommended)")
     q = p.add_argument_group("INT8 (static post-training quantization, QDQ)")
     q.add_argument("--int8", action="store_true",
                    help="write an INT8 model to --output (the fp32 export is the reference)")
@@ -93,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         raise ExportError("--int8 needs --calib-data DIR or --split-file SPLIT.json")
     if (args.calib_data or args.split_file) and not args.int8:
         raise ExportError("--calib-data and --split-file are only used with --int8")
+    if args.domain_split and not args.domain_data:
+        raise ExportError("--domain-split needs --domain-data DIR")
     for flag, value in (("--threads", args.threads), ("--verify-limit", args.verify_limit),
                         ("--calib-limit", args.calib_limit),
                         ("--latency-runs", args.latency_runs)):
@@ -108,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.int8:
         report = export_checkpoint(args.checkpoint, out, **kwargs)
         print(report.summary())
+        _domain_reference(args, out)
         return 0
     # fail fast on calibration data that cannot fit this checkpoint
     ckpt = load_checkpoint(args.checkpoint)
@@ -132,7 +142,20 @@ def run(args: argparse.Namespace) -> int:
           f"{'dynamic' if args.batch == 'dynamic' else 'fixed'} batch)")
     print("\n".join(_graph_lines(out, report.export_macs)))
     print(int8.summary())
+    _domain_reference(args, out)
     return 0
+
+
+def _domain_reference(args: argparse.Namespace, out: Path) -> None:
+    """Stamp the written model with its domain reference, or say that it has none."""
+    if not args.domain_data:
+        print("no domain reference: cell mode will not tell a new microscope "
+              "(--domain-data DIR [--domain-split SPLIT.json] records one)")
+        return
+    from lgld.export.domainstats import stamp_models
+
+    print("\n".join(stamp_models([out], args.domain_data, args.domain_split,
+                                 threads=args.threads or 1)))
 
 
 def main(argv: list[str] | None = None) -> int:

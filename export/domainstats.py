@@ -71,6 +71,20 @@ def reference_images(models: Sequence[Path], data: str, split_file: str | None,
     return [p for p, _ in _spread(items, limit)]
 
 
+def stamp_models(models: Sequence[Path], data: str, split_file: str | None = None,
+                 limit: int = 600, threads: int = 1) -> list[str]:
+    """Stamp every model with a reference fitted on the same images; one line per model."""
+    paths = reference_images(models, data, split_file, limit)
+    source = f"{Path(data).name} " + ("val part of its split" if split_file else
+                                      "images") + f", {len(paths)} images"
+    lines = []
+    for m in models:
+        ref = stamp(m, paths, source, threads)
+        lines.append(f"{m}: domain reference from {source}: score {ref['score_mean']:.3f} "
+                     f"+- {ref['score_sd']:.3f}")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Write the domain reference of cell "
                                 "mode's per-session microscope check into lgld ONNX models.")
@@ -89,13 +103,7 @@ def run(args: argparse.Namespace) -> int:
             raise ExportError(f"model not found: {m}")
     if args.limit < 50:
         raise ExportError(f"--limit must be >= 50, got {args.limit}")
-    paths = reference_images(models, args.data, args.split_file, args.limit)
-    source = f"{Path(args.data).name} " + ("val part of its split" if args.split_file else
-                                           "images") + f", {len(paths)} images"
-    for m in models:
-        ref = stamp(m, paths, source, args.threads)
-        print(f"{m}: domain reference from {source}: score {ref['score_mean']:.3f} "
-              f"+- {ref['score_sd']:.3f}")
+    print("\n".join(stamp_models(models, args.data, args.split_file, args.limit, args.threads)))
     return 0
 
 

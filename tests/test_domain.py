@@ -283,9 +283,13 @@ def test_vouching_follows_the_session_state_and_each_cell_while_checking(referen
     check = DomainCheck(reference, first_n=5)
     own = check.cell_scores(logits_like_training(200, rng))
     far = check.cell_scores(foreign_logits(200, rng))
-    # checking: a cell like the reference is vouched for, a foreign-looking one is not
-    assert np.mean([check.vouches(s) for s in own]) >= 0.9
+    # checking: a cell like the reference is vouched for, a foreign-looking one is not (the
+    # first cell of a session must lie within CELL_MEAN_Z: about 84% of the reference's cells)
+    assert np.mean([check.vouches(s) for s in own]) >= 0.75
     assert not any(check.vouches(s) for s in far)
+    check.add(logits_like_training(3, rng))  # after a few cells like the reference: most are
+    assert np.mean([check.vouches(s) for s in own]) >= 0.9
+    check.reset()
     assert not check.vouches(float("nan")) and not check.vouches(None)
     check.add(foreign_logits(3, rng))  # 3 foreign cells: even a familiar-looking one is not sure
     assert sum(check.vouches(s) for s in own) <= 0.2 * len(own)

@@ -312,3 +312,30 @@ def test_verification_limit_scales_with_the_logits() -> None:
     small = ref / 100
     assert compare_logits(small, small + 5e-5, "x").limit == ATOL, "never below the plain limit"
     assert not compare_logits(small, small + 2e-4, "x").ok
+
+
+def test_export_records_the_domain_reference_when_given_the_training_data(
+        tmp_path: Path, capsys) -> None:
+    import cv2
+
+    from lgld.runtime.core.domain import DomainReference
+
+    ckpt = tmp_path / "m.pt"
+    make_checkpoint(ckpt, size=32)
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(15):
+            cv2.imwrite(str(tmp_path / "data" / name / f"{i}.png"),
+                        rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    plain, stamped = tmp_path / "plain.onnx", tmp_path / "stamped.onnx"
+    assert main([str(ckpt), "-o", str(plain), "--threads", "1"]) == 0
+    assert "no domain reference" in capsys.readouterr().out
+    assert not OnnxClassifier(plain, threads=1).info.domain
+    assert main([str(ckpt), "-o", str(stamped), "--threads", "1",
+                 "--domain-data", str(tmp_path / "data")]) == 0
+    assert "domain reference from data images, 60 images" in capsys.readouterr().out
+    ref = DomainReference.from_dict(OnnxClassifier(stamped, threads=1).info.domain)
+    assert ref.cells == 60
+    assert main([str(ckpt), "-o", str(stamped), "--domain-split", "s.json"]) == 1
+    assert capsys.readouterr().err.strip().endswith("--domain-split needs --domain-data DIR")

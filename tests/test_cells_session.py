@@ -162,3 +162,13 @@ def test_resume_and_the_review_reader_agree_on_a_torn_line_with_an_event_appende
     live = {k: v for k, v in session.count()["counts"].items() if v}
     assert live == reviewed
     assert session.count()["total"] == 2 and reviewed == {"Monocyte": 1, "Neutrophil": 1}
+
+
+def test_sessions_started_in_the_same_second_get_distinct_ids():
+    import re
+
+    from lgld.runtime.cells.session import new_session_id
+
+    ids = [new_session_id() for _ in range(2000)]  # all within a second or two
+    assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", i) for i in ids)
+    assert len(set(ids)) == len(ids)  # with 4 hex digits, 2000 ids almost surely collide

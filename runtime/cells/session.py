@@ -52,8 +52,10 @@ log = logging.getLogger("lgld.runtime")
 
 
 def new_session_id() -> str:
-    """YYYYmmdd-HHMMSS-xxxx: the start time plus 4 random hex digits."""
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    """YYYYmmdd-HHMMSS-xxxxxxxx: the start time plus 8 random hex digits (sessions started
+    within one second, e.g. "new count" pressed twice, must not share an id: with 4 digits a
+    log's replay could merge two of them)."""
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
 
 
 class CountSession:

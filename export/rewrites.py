@@ -125,9 +125,8 @@ class ExportIPS(nn.Module):
         self.channels = channels
         self.kernel_conv = kernel_conv
         self.kernel_size = kernel_size
-        self.norm = norm  # a GroupNorm model's norm (then nothing is folded and shift is 0)
-        if kernel_conv is not None:
-            shift = torch.zeros(channels) if shift is None else shift
+        self.norm = norm  # a GroupNorm model's norm (then nothing is folded: no shift)
+        if kernel_conv is not None and norm is None:
             self.register_buffer("shift", shift.to(torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +175,8 @@ def export_ips(ips: IPS) -> ExportIPS:
     w_k, b_k = _compose_1x1(invo.shared_mlp[0], w_k, b_k)
     conv = _conv_like(ips.conv, torch.cat([w_main, w_k]), torch.cat([b_main, b_k]))
     kernel_conv = copy.deepcopy(invo.shared_mlp[2])
-    return ExportIPS(conv, channels, kernel_conv, shift, invo.kernel_size, kept)
+    folded_shift = shift if kept is None else None  # a kept GroupNorm has no shift to add
+    return ExportIPS(conv, channels, kernel_conv, folded_shift, invo.kernel_size, kept)
 
 
 # ------------------------------------------------------------------------- global stem (FFM)
